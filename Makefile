@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both bootstrap
+# their own environment (virtualenv + shaded jar) and are safe to run again.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+JAR := deploy/flink/target/cresta-pipeline-flink-deps.jar
+STAMP := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast jar venv clean
+
+demo: $(STAMP) $(JAR)
+	$(BIN)/cresta-pipeline demo $(ARGS)
+
+test: $(STAMP) $(JAR)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+jar: $(JAR)
+
+$(JAR): deploy/flink/pom.xml $(shell find deploy/flink/src -name '*.java' 2>/dev/null)
+	cd deploy/flink && mvn --batch-mode --quiet package
+	test -f $(JAR)
+
+clean:
+	rm -rf $(VENV) deploy/flink/target

@@ -1,0 +1,297 @@
+"""Records that cross process boundaries (DESIGN §4): ContactEvent and AudioFrame.
+
+Both are versioned; a reader rejects an unknown version with a clear error rather than
+guessing. The codecs are pure functions over bytes so the connector, the Flink job and
+the tests share one definition.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass, field
+
+CONTACT_EVENT_SCHEMA = "contact-event/1"
+
+#: Bounded so one malformed or hostile event cannot blow up keyed state.
+MAX_ATTRIBUTES_BYTES = 32 * 1024
+MAX_CONTACT_ID_BYTES = 128
+#: KVS fragment numbers are decimal strings of up to 48 digits.
+MAX_FRAGMENT_NUMBER_LENGTH = 64
+
+
+class RecordError(ValueError):
+    """A record that cannot be decoded. ``reason`` is a short stable code for metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class Track(enum.IntEnum):
+    """Audio direction, named from the customer's side as Connect names its tracks."""
+
+    CUSTOMER = 0  # AUDIO_FROM_CUSTOMER
+    AGENT = 1  # AUDIO_TO_CUSTOMER
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> "Track":
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise RecordError("bad_track", f"unknown track {label!r}") from None
+
+
+class EventType(str, enum.Enum):
+    STARTED = "STARTED"
+    ATTRIBUTES_UPDATED = "ATTRIBUTES_UPDATED"
+    ENDED = "ENDED"
+
+
+@dataclass(frozen=True)
+class ContactEvent:
+    """A contact's lifecycle event on the ``contact-events`` stream (JSON)."""
+
+    type: EventType
+    contact_id: str
+    event_time_ms: int
+    instance_id: str = ""
+    stream_arn: str = ""
+    start_fragment_number: str = ""
+    start_timestamp_ms: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
+    agent_id: str = ""
+    queue_name: str = ""
+    initiation_method: str = ""
+    previous_contact_id: str = ""
+
+    def encode(self) -> bytes:
+        body = {
+            "schema": CONTACT_EVENT_SCHEMA,
+            "type": self.type.value,
+            "contact_id": self.contact_id,
+            "instance_id": self.instance_id,
+            "event_time_ms": self.event_time_ms,
+            "stream_arn": self.stream_arn,
+            "start_fragment_number": self.start_fragment_number,
+            "start_timestamp_ms": self.start_timestamp_ms,
+            "attributes": self.attributes,
+            "agent_id": self.agent_id,
+            "queue_name": self.queue_name,
+            "initiation_method": self.initiation_method,
+            "previous_contact_id": self.previous_contact_id,
+        }
+        data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        _check_attributes_size(self.attributes)
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> "ContactEvent":
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError("malformed_event", f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise RecordError("malformed_event", "event is not a JSON object")
+        schema = body.get("schema")
+        if schema != CONTACT_EVENT_SCHEMA:
+            raise RecordError(
+                "unknown_version",
+                f"contact event schema {schema!r}, this reader knows {CONTACT_EVENT_SCHEMA!r}",
+            )
+        try:
+            event_type = EventType(body["type"])
+        except (KeyError, ValueError):
+            raise RecordError("malformed_event", f"unknown event type {body.get('type')!r}") from None
+        contact_id = body.get("contact_id")
+        if not isinstance(contact_id, str) or not contact_id:
+            raise RecordError("malformed_event", "contact_id missing")
+        if len(contact_id.encode()) > MAX_CONTACT_ID_BYTES:
+            raise RecordError("malformed_event", "contact_id too long")
+        attributes = body.get("attributes") or {}
+        if not isinstance(attributes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+        ):
+            raise RecordError("malformed_event", "attributes must map strings to strings")
+        _check_attributes_size(attributes)
+        try:
+            return cls(
+                type=event_type,
+                contact_id=contact_id,
+                event_time_ms=int(body.get("event_time_ms") or 0),
+                instance_id=str(body.get("instance_id") or ""),
+                stream_arn=str(body.get("stream_arn") or ""),
+                start_fragment_number=str(body.get("start_fragment_number") or ""),
+                start_timestamp_ms=int(body.get("start_timestamp_ms") or 0),
+                attributes=dict(attributes),
+                agent_id=str(body.get("agent_id") or ""),
+                queue_name=str(body.get("queue_name") or ""),
+                initiation_method=str(body.get("initiation_method") or ""),
+                previous_contact_id=str(body.get("previous_contact_id") or ""),
+            )
+        except (TypeError, ValueError) as exc:
+            raise RecordError("malformed_event", str(exc)) from None
+
+
+def _check_attributes_size(attributes: dict[str, str]) -> None:
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise RecordError(
+            "oversized_attributes", f"attributes are {size} bytes, limit {MAX_ATTRIBUTES_BYTES}"
+        )
+
+
+# --- AudioFrame -------------------------------------------------------------------------
+
+AUDIO_FRAME_MAGIC = b"CXAF"
+AUDIO_FRAME_VERSION = 1
+
+
+class FrameKind(enum.IntEnum):
+    FRAME = 1
+    END = 2
+
+
+# magic, version, kind, track, frame_index, producer_timestamp_ms, sample_rate,
+# sample_count, then two length-prefixed strings (contact_id, fragment_number).
+_HEADER = struct.Struct(">4sBBBIqII")
+_END_TOTALS = struct.Struct(">QQII")
+
+
+@dataclass(frozen=True)
+class AudioFrame:
+    """One KVS block of one track of one contact, as PCM16LE.
+
+    Unique key: (contact_id, fragment_number, track, frame_index).
+    """
+
+    contact_id: str
+    track: Track
+    fragment_number: str
+    frame_index: int
+    producer_timestamp_ms: int
+    sample_rate: int
+    pcm: bytes
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.pcm) // 2
+
+    def encode(self) -> bytes:
+        if len(self.pcm) % 2:
+            raise RecordError("bad_pcm", "PCM16 payload has an odd number of bytes")
+        return (
+            _HEADER.pack(
+                AUDIO_FRAME_MAGIC,
+                AUDIO_FRAME_VERSION,
+                FrameKind.FRAME,
+                self.track,
+                self.frame_index,
+                self.producer_timestamp_ms,
+                self.sample_rate,
+                self.sample_count,
+            )
+            + _pack_str(self.contact_id, MAX_CONTACT_ID_BYTES)
+            + _pack_str(self.fragment_number, MAX_FRAGMENT_NUMBER_LENGTH)
+            + self.pcm
+        )
+
+
+@dataclass(frozen=True)
+class AudioEnd:
+    """Marks a contact's last frame on ``audio-frames`` with per-track totals."""
+
+    contact_id: str
+    last_fragment_number: str
+    producer_timestamp_ms: int
+    customer_samples: int
+    agent_samples: int
+    customer_frames: int
+    agent_frames: int
+    reason: str = ""
+
+    def samples(self, track: Track) -> int:
+        return self.customer_samples if track is Track.CUSTOMER else self.agent_samples
+
+    def encode(self) -> bytes:
+        return (
+            _HEADER.pack(
+                AUDIO_FRAME_MAGIC,
+                AUDIO_FRAME_VERSION,
+                FrameKind.END,
+                0,
+                0,
+                self.producer_timestamp_ms,
+                0,
+                0,
+            )
+            + _pack_str(self.contact_id, MAX_CONTACT_ID_BYTES)
+            + _pack_str(self.last_fragment_number, MAX_FRAGMENT_NUMBER_LENGTH)
+            + _END_TOTALS.pack(
+                self.customer_samples, self.agent_samples, self.customer_frames, self.agent_frames
+            )
+            + _pack_str(self.reason, 255)
+        )
+
+
+def decode_audio_record(data: bytes) -> AudioFrame | AudioEnd:
+    """Decode one record of the ``audio-frames`` stream."""
+    if len(data) < _HEADER.size:
+        raise RecordError("truncated", f"record of {len(data)} bytes is shorter than the header")
+    magic, version, kind, track, frame_index, ts, rate, count = _HEADER.unpack_from(data)
+    if magic != AUDIO_FRAME_MAGIC:
+        raise RecordError("bad_magic", f"magic {magic!r}, expected {AUDIO_FRAME_MAGIC!r}")
+    if version != AUDIO_FRAME_VERSION:
+        raise RecordError(
+            "unknown_version", f"audio frame version {version}, this reader knows {AUDIO_FRAME_VERSION}"
+        )
+    offset = _HEADER.size
+    contact_id, offset = _unpack_str(data, offset)
+    fragment_number, offset = _unpack_str(data, offset)
+    if not contact_id:
+        raise RecordError("bad_contact_id", "empty contact_id")
+    if kind == FrameKind.FRAME:
+        try:
+            track_value = Track(track)
+        except ValueError:
+            raise RecordError("bad_track", f"unknown track code {track}") from None
+        pcm = data[offset:]
+        if len(pcm) != count * 2:
+            raise RecordError(
+                "bad_length", f"header says {count} samples, payload has {len(pcm)} bytes"
+            )
+        if rate <= 0:
+            raise RecordError("bad_sample_rate", f"sample rate {rate}")
+        return AudioFrame(contact_id, track_value, fragment_number, frame_index, ts, rate, pcm)
+    if kind == FrameKind.END:
+        if len(data) < offset + _END_TOTALS.size:
+            raise RecordError("truncated", "END record without totals")
+        cs, ags, cf, af = _END_TOTALS.unpack_from(data, offset)
+        reason, _ = _unpack_str(data, offset + _END_TOTALS.size)
+        return AudioEnd(contact_id, fragment_number, ts, cs, ags, cf, af, reason)
+    raise RecordError("bad_kind", f"unknown record kind {kind}")
+
+
+def _pack_str(value: str, limit: int) -> bytes:
+    raw = value.encode()
+    if len(raw) > limit:
+        raise RecordError("too_long", f"{value[:32]!r}… is longer than {limit} bytes")
+    return bytes([len(raw)]) + raw
+
+
+def _unpack_str(data: bytes, offset: int) -> tuple[str, int]:
+    if offset >= len(data):
+        raise RecordError("truncated", "record ends inside its header")
+    n = data[offset]
+    end = offset + 1 + n
+    if end > len(data):
+        raise RecordError("truncated", "record ends inside its header")
+    try:
+        return data[offset + 1 : end].decode(), end
+    except UnicodeDecodeError:
+        raise RecordError("bad_string", "header string is not UTF-8") from None
