@@ -295,3 +295,55 @@ def _unpack_str(data: bytes, offset: int) -> tuple[str, int]:
         return data[offset + 1 : end].decode(), end
     except UnicodeDecodeError:
         raise RecordError("bad_string", "header string is not UTF-8") from None
+
+
+# --- ContactWork ------------------------------------------------------------------------
+
+CONTACT_WORK_SCHEMA = "contact-work/1"
+
+
+@dataclass(frozen=True)
+class ContactWork:
+    """One contact for a KVS connector worker to read (the connector queue's message body)."""
+
+    contact_id: str
+    stream_arn: str
+    start_fragment_number: str
+    instance_id: str = ""
+    start_timestamp_ms: int = 0
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "schema": CONTACT_WORK_SCHEMA,
+                "contact_id": self.contact_id,
+                "stream_arn": self.stream_arn,
+                "start_fragment_number": self.start_fragment_number,
+                "instance_id": self.instance_id,
+                "start_timestamp_ms": self.start_timestamp_ms,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    @classmethod
+    def decode(cls, data: str | bytes) -> "ContactWork":
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError("malformed_work", f"not JSON: {exc}") from None
+        if not isinstance(body, dict) or body.get("schema") != CONTACT_WORK_SCHEMA:
+            raise RecordError("unknown_version", f"work item schema is not {CONTACT_WORK_SCHEMA!r}")
+        try:
+            work = cls(
+                contact_id=str(body["contact_id"]),
+                stream_arn=str(body["stream_arn"]),
+                start_fragment_number=str(body.get("start_fragment_number") or ""),
+                instance_id=str(body.get("instance_id") or ""),
+                start_timestamp_ms=int(body.get("start_timestamp_ms") or 0),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordError("malformed_work", f"bad field {exc}") from None
+        if not work.contact_id or not work.stream_arn:
+            raise RecordError("malformed_work", "contact_id and stream_arn are required")
+        return work

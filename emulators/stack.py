@@ -1,0 +1,126 @@
+"""The local AWS + partner stack: moto's server, the KVS media emulator, the Cresta emulator.
+
+Everything listens on loopback only. The same resource names are used as in production
+(DESIGN §2), so code under test cannot tell the stack from AWS except by endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from emulators.cresta.server import CrestaEmulator
+from emulators.kvs.server import KvsMediaEmulator
+
+log = logging.getLogger(__name__)
+
+REGION = "us-east-1"
+#: moto accepts any credentials; these make boto3 sign requests as it would against AWS.
+ACCESS_KEY_ID = "testing"
+SECRET_ACCESS_KEY = "testing"
+
+
+@dataclass
+class StackSettings:
+    audio_frames_stream: str = "audio-frames"
+    audio_frames_shards: int = 2
+    contact_events_stream: str = "contact-events"
+    connector_queue: str = "connector-contacts"
+    kvs_stream_prefix: str = "connect-live-media"
+    kvs_pool_size: int = 4
+    kvs_idle_timeout_s: float = 3.0
+    cresta_client_id: str = "demo-client"
+    cresta_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    cresta_media_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+
+
+class LocalStack:
+    """Starts and stops the local stack; ``with LocalStack() as stack: …``."""
+
+    def __init__(self, settings: StackSettings | None = None) -> None:
+        self.settings = settings or StackSettings()
+        self.moto: ThreadedMotoServer | None = None
+        self.kvs: KvsMediaEmulator | None = None
+        self.cresta: CrestaEmulator | None = None
+        self.endpoint_url = ""
+        self.queue_url = ""
+        self.kvs_stream_arns: list[str] = []
+
+    def __enter__(self) -> "LocalStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        s = self.settings
+        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.moto.start()
+        host, port = self.moto.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        kinesis = self.client("kinesis")
+        kinesis.create_stream(StreamName=s.audio_frames_stream, ShardCount=s.audio_frames_shards)
+        kinesis.create_stream(StreamName=s.contact_events_stream, ShardCount=1)
+        self.queue_url = self.client("sqs").create_queue(QueueName=s.connector_queue)["QueueUrl"]
+        kvs = self.client("kinesisvideo")
+        self.kvs_stream_arns = [
+            kvs.create_stream(StreamName=f"{s.kvs_stream_prefix}-{i}", MediaType="audio/L16")["StreamARN"]
+            for i in range(s.kvs_pool_size)
+        ]
+        self.kvs = KvsMediaEmulator(idle_timeout_s=s.kvs_idle_timeout_s)
+        self.kvs.start()
+        self.cresta = CrestaEmulator(
+            client_id=s.cresta_client_id,
+            client_secret=s.cresta_client_secret,
+            media_token=s.cresta_media_token,
+        )
+        self.cresta.start()
+        log.info("local stack up: aws %s, kvs media %s", self.endpoint_url, self.kvs.endpoint_url)
+
+    def stop(self) -> None:
+        for part in (self.cresta, self.kvs, self.moto):
+            if part is not None:
+                part.stop()
+        self.cresta = self.kvs = self.moto = None
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
+        )
+
+    def aws_environment(self) -> dict[str, str]:
+        """Environment for processes (and Lambda handlers) that talk to this stack."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "CONTACT_EVENTS_STREAM": self.settings.contact_events_stream,
+            "CONNECTOR_QUEUE_URL": self.queue_url,
+        }
+
+    def cresta_environment(self) -> dict[str, str]:
+        """Cresta credentials as the job reads them from the environment in local runs."""
+        assert self.cresta is not None
+        return {
+            "CRESTA_CLIENT_ID": self.settings.cresta_client_id,
+            "CRESTA_CLIENT_SECRET": self.settings.cresta_client_secret,
+            "CRESTA_PIPELINE_CRESTA_AUTH_URL": self.cresta.auth_url,
+            "CRESTA_PIPELINE_CRESTA_WS_URL": self.cresta.ws_url,
+            "CRESTA_PIPELINE_CRESTA_MEDIA_TOKEN": self.settings.cresta_media_token,
+        }
+
+    def apply_environment(self) -> None:
+        os.environ.update(self.aws_environment())

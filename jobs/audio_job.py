@@ -1,0 +1,161 @@
+"""The PyFlink job graph: wiring only; the logic lives in ``pipeline``.
+
+    audio-frames ─┐
+    contact-events┴─▶ key_by(ContactId) ─▶ ContactAssemblerFunction
+                   ─▶ CrestaDeliveryFunction ─▶ FileSink(Parquet, dt=…/hour=…)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pyflink.common import Configuration, Types
+from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+from pyflink.datastream.connectors.file_system import (
+    BucketAssigner,
+    FileSink,
+    OutputFileConfig,
+    RollingPolicy,
+)
+from pyflink.datastream.formats.parquet import ParquetBulkWriters
+from pyflink.table import DataTypes
+
+from connectors.kinesis.flink_source import raw_bytes_consumer
+from jobs.functions import ContactAssemblerFunction, CrestaDeliveryFunction, decode_audio, decode_event
+from pipeline.audit import ColumnKind, audit_columns
+from pipeline.config import ConfigError, PipelineConfig, load_config
+
+log = logging.getLogger("jobs.audio_job")
+
+JOB_NAME = "cresta-contact-audio"
+DEFAULT_JAR = Path(__file__).resolve().parents[1] / "deploy/flink/target/cresta-pipeline-flink-deps.jar"
+
+_FLINK_TYPES = {
+    ColumnKind.STRING: (Types.STRING, DataTypes.STRING),
+    ColumnKind.INT: (Types.INT, DataTypes.INT),
+    ColumnKind.BIGINT: (Types.LONG, DataTypes.BIGINT),
+    ColumnKind.DOUBLE: (Types.DOUBLE, DataTypes.DOUBLE),
+    ColumnKind.BOOLEAN: (Types.BOOLEAN, DataTypes.BOOLEAN),
+    ColumnKind.TIMESTAMP_MS: (Types.SQL_TIMESTAMP, lambda: DataTypes.TIMESTAMP(3)),
+    ColumnKind.STRING_MAP: (
+        lambda: Types.MAP(Types.STRING(), Types.STRING()),
+        lambda: DataTypes.MAP(DataTypes.STRING(), DataTypes.STRING()),
+    ),
+    ColumnKind.BYTES: (lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()), DataTypes.BYTES),
+}
+
+
+def audit_type_info(include_audio: bool):
+    columns = audit_columns(include_audio)
+    return Types.ROW_NAMED([c.name for c in columns], [_FLINK_TYPES[c.kind][0]() for c in columns])
+
+
+def audit_row_type(include_audio: bool):
+    columns = audit_columns(include_audio)
+    return DataTypes.ROW([DataTypes.FIELD(c.name, _FLINK_TYPES[c.kind][1]()) for c in columns])
+
+
+def audit_sink(config: PipelineConfig) -> FileSink:
+    include_audio = config["audit.include_audio"]
+    writer = ParquetBulkWriters.for_row_type(audit_row_type(include_audio), utc_timestamp=True)
+    return (
+        FileSink.for_bulk_format(config["audit.path"], writer)
+        # Partitioned by the hour the row was written, in UTC (hive style).
+        .with_bucket_assigner(BucketAssigner.date_time_bucket_assigner("'dt='yyyy-MM-dd'/hour='HH", "UTC"))
+        .with_output_file_config(
+            OutputFileConfig.builder().with_part_prefix("audit").with_part_suffix(".parquet").build()
+        )
+        .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
+        .build()
+    )
+
+
+def build_job(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
+    raw = Types.PRIMITIVE_ARRAY(Types.BYTE())
+    audio = env.add_source(
+        raw_bytes_consumer(config["kinesis.audio_frames_stream"], config), "audio-frames", raw
+    ).flat_map(decode_audio).name("decode-audio-frames")
+    events = env.add_source(
+        raw_bytes_consumer(config["kinesis.contact_events_stream"], config), "contact-events", raw
+    ).flat_map(decode_event).name("decode-contact-events")
+    (
+        audio.union(events)
+        .key_by(lambda tagged: tagged[1], key_type=Types.STRING())
+        .process(ContactAssemblerFunction(config))
+        .name("assemble-contact-audio")
+        .flat_map(CrestaDeliveryFunction(config), output_type=audit_type_info(config["audit.include_audio"]))
+        .name("deliver-to-cresta")
+        .sink_to(audit_sink(config))
+        .name("audit-parquet")
+    )
+
+
+def flink_configuration(config: PipelineConfig) -> Configuration:
+    conf = Configuration()
+    jar = config["flink.jar"] or str(DEFAULT_JAR)
+    conf.set_string("pipeline.jars", jar if "://" in jar else Path(jar).resolve().as_uri())
+    conf.set_string("python.fn-execution.bundle.time", str(config["flink.bundle_time_ms"]))
+    conf.set_string("python.fn-execution.bundle.size", str(config["flink.bundle_size"]))
+    if config["aws.endpoint_url"]:
+        # Local runs: Python workers must use this interpreter (the venv), not `python` on PATH.
+        conf.set_string("python.executable", sys.executable)
+    return conf
+
+
+def create_environment(config: PipelineConfig) -> StreamExecutionEnvironment:
+    if config["aws.endpoint_url"]:
+        # The local Kinesis endpoint (moto) speaks JSON only; the AWS SDK defaults to CBOR.
+        os.environ["AWS_CBOR_DISABLE"] = "true"
+        os.environ["JVM_ARGS"] = " ".join(
+            [os.environ.get("JVM_ARGS", ""), "-Dcom.amazonaws.sdk.disableCbor=true", "-Duser.timezone=UTC"]
+        ).strip()
+    os.environ.setdefault("TZ", "UTC")
+    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(config))
+    env.set_parallelism(config["flink.parallelism"])
+    env.enable_checkpointing(config["flink.checkpoint_interval_ms"], CheckpointingMode.EXACTLY_ONCE)
+    return env
+
+
+def run(config: PipelineConfig) -> None:
+    if not config["audit.path"]:
+        raise ConfigError("audit.path is required")
+    env = create_environment(config)
+    build_job(env, config)
+    log.info("starting %s with %s", JOB_NAME, json.dumps(dict(config), default=str))
+    client = env.execute_async(JOB_NAME)
+    log.info("job %s submitted", client.get_job_id())
+    client.get_job_execution_result().result()
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cresta-pipeline job run", description="Run the PyFlink job.")
+    parser.add_argument("--config", help="properties file (Managed Flink application_properties.json shape)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = load_config(args.config, overrides=parse_overrides(args.set))
+        run(config)
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

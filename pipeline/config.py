@@ -1,0 +1,182 @@
+"""The job's one configuration model.
+
+Keys are dotted names grouped the way Managed Flink property groups are
+(``/etc/flink/application_properties.json`` is a list of
+``{"PropertyGroupId": group, "PropertyMap": {key: value}}``), so the same file works
+locally and in production. Precedence, lowest first: defaults, the file, environment
+variables (``CRESTA_PIPELINE_`` + key upper-cased with dots as underscores), explicit
+overrides (CLI flags). Every value is validated; an error names the bad key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pipeline.assembler import MAX_CHUNK_MS, MIN_CHUNK_MS
+
+ENV_PREFIX = "CRESTA_PIPELINE_"
+MANAGED_FLINK_PROPERTIES = Path("/etc/flink/application_properties.json")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+    check: Callable[[Any], bool] = lambda _value: True
+    expectation: str = ""
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("aws.region", "us-east-1", str, "AWS region of the streams"),
+    Setting("aws.endpoint_url", "", str, "AWS endpoint override (local stack only)"),
+    Setting("kinesis.audio_frames_stream", "audio-frames", str, "KDS stream of AudioFrame records"),
+    Setting("kinesis.contact_events_stream", "contact-events", str, "KDS stream of ContactEvent JSON"),
+    Setting(
+        "kinesis.initial_position", "TRIM_HORIZON", str,
+        "where a job without a checkpoint starts reading",
+        lambda v: v in ("TRIM_HORIZON", "LATEST"), "TRIM_HORIZON or LATEST",
+    ),
+    Setting(
+        "kinesis.poll_interval_ms", 200, int,
+        "GetRecords interval per shard (KDS allows 5 calls/s per shard)",
+        lambda v: v >= 10, ">= 10",
+    ),
+    Setting(
+        "assembler.chunk_ms", 100, int, "audio per chunk",
+        lambda v: MIN_CHUNK_MS <= v <= MAX_CHUNK_MS, f"{MIN_CHUNK_MS}..{MAX_CHUNK_MS}",
+    ),
+    Setting(
+        "enrich.max_wait_ms", 2000, int,
+        "how long audio waits for the contact's STARTED event", lambda v: v >= 0, ">= 0",
+    ),
+    Setting("cresta.ws_url", "", str, "Cresta Media Streams WebSocket URL (wss:// in production)"),
+    Setting("cresta.auth_url", "", str, "Cresta OAuth domain, e.g. https://auth.us-west-2-prod.cresta.ai"),
+    Setting("cresta.media_token", "", str, "per-customer token sent as the Token custom parameter"),
+    Setting("cresta.agent_id", "", str, "AgentId used when the contact has none"),
+    Setting("audit.path", "", str, "audit trail root: file:///… or s3://bucket/prefix"),
+    Setting("audit.include_audio", False, _bool, "add the pcm column (PII: off by default)"),
+    Setting("errors.path", "", str, "root of the error output; defaults to <audit.path>/../errors"),
+    Setting("flink.parallelism", 1, int, "job parallelism", lambda v: v >= 1, ">= 1"),
+    Setting(
+        "flink.checkpoint_interval_ms", 2000, int,
+        "checkpoint interval; Parquet part files are committed on checkpoints",
+        lambda v: v >= 100, ">= 100",
+    ),
+    Setting(
+        "flink.bundle_time_ms", 20, int,
+        "max time a Python bundle waits before it is processed (bounds added latency)",
+        lambda v: v >= 1, ">= 1",
+    ),
+    Setting("flink.bundle_size", 100, int, "max records per Python bundle", lambda v: v >= 1, ">= 1"),
+    Setting("flink.jar", "", str, "the shaded connector jar (a path or file:// URL)"),
+    Setting("job.ready_file", "", str, "touched once the job's Python operators are up (local runs)"),
+)
+
+_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+class PipelineConfig(Mapping[str, Any]):
+    """Validated settings, read like a mapping: ``config["assembler.chunk_ms"]``."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "PipelineConfig":
+        return PipelineConfig({**self._values, **_validate(overrides, "override")})
+
+    def to_property_groups(self) -> list[dict[str, Any]]:
+        """This config in the Managed Flink ``application_properties.json`` shape."""
+        groups: dict[str, dict[str, str]] = {}
+        for key, value in self._values.items():
+            group, name = key.split(".", 1)
+            groups.setdefault(group, {})[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        return [{"PropertyGroupId": g, "PropertyMap": m} for g, m in groups.items()]
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> PipelineConfig:
+    """Defaults ← file (or Managed Flink's properties when present) ← env ← overrides."""
+    values = {s.key: s.default for s in SETTINGS}
+    file_path = Path(path) if path else (MANAGED_FLINK_PROPERTIES if MANAGED_FLINK_PROPERTIES.exists() else None)
+    if file_path is not None:
+        values.update(_validate(_read_property_groups(file_path), str(file_path)))
+    env = os.environ if env is None else env
+    from_env = {
+        s.key: env[_env_name(s.key)] for s in SETTINGS if _env_name(s.key) in env
+    }
+    values.update(_validate(from_env, "environment"))
+    values.update(_validate(overrides or {}, "override"))
+    return PipelineConfig(values)
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def _read_property_groups(path: Path) -> dict[str, str]:
+    try:
+        groups = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(groups, list):
+        raise ConfigError(f"{path}: expected a list of property groups")
+    flat: dict[str, str] = {}
+    for group in groups:
+        group_id = group.get("PropertyGroupId")
+        for name, value in (group.get("PropertyMap") or {}).items():
+            key = f"{group_id}.{name}"
+            # Managed Flink's own run options live in the same file; they are not ours.
+            if group_id == "kinesis.analytics.flink.run.options":
+                continue
+            flat[key] = value
+    return flat
+
+
+def _validate(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    out = {}
+    for key, value in raw.items():
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        try:
+            parsed = setting.parse(value) if isinstance(value, str) else value
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
+        expected_type = type(setting.default)
+        if type(parsed) is not expected_type:
+            raise ConfigError(f"{source}: {key}: expected {expected_type.__name__}, got {value!r}")
+        if not setting.check(parsed):
+            raise ConfigError(f"{source}: {key} = {value!r}, expected {setting.expectation}")
+        out[key] = parsed
+    return out
