@@ -17,13 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from emulators.connect.simulator import SimulatedCall
+from emulators.connect.simulator import SAMPLE_RATE, SimulatedCall
 from pipeline.audio import pcm16_to_mulaw
+from pipeline.media_streams import FRAME_BYTES, TWILIO_TRACK_OF
 from pipeline.records import Track
-
-MEDIA_FRAME_SAMPLES = 160
-#: Twilio's names for the two directions (customer = inbound, agent = outbound).
-MEDIA_TRACK = {Track.CUSTOMER: "inbound", Track.AGENT: "outbound"}
 
 
 def read_audit(audit_dir: Path) -> pa.Table | None:
@@ -89,22 +86,23 @@ def build_report(
         for track in Track:
             pcm = call.pcm[track]
             samples = len(pcm) // 2
-            chunk_samples = 8000 * chunk_ms // 1000
-            n_chunks = -(-samples // chunk_samples)
-            received = record.tracks.get(MEDIA_TRACK[track], b"") if record else b""
-            receive_times = record.media_receive_times.get(MEDIA_TRACK[track], []) if record else []
+            chunk_samples = SAMPLE_RATE * chunk_ms // 1000
+            received = record.tracks.get(TWILIO_TRACK_OF[track], b"") if record else b""
+            receive_times = record.media_receive_times.get(TWILIO_TRACK_OF[track], []) if record else []
             contact_exact = contact_exact and _cresta_audio_matches(pcm, received)
             write_ends = [f.first_sample + f.sample_count for f in call.fragments]
-            for seq in range(n_chunks):
+            for seq in range(final_seq(samples, chunk_samples) + 1):
                 first = seq * chunk_samples
-                last = min(samples, first + chunk_samples) - 1
+                end = min(samples, first + chunk_samples)
                 row = by_key.get((call.contact_id, track.label, seq))
-                if row is not None and row["pcm_sha256"] != hashlib.sha256(pcm[2 * first : 2 * last + 2]).hexdigest():
+                if row is not None and row["pcm_sha256"] != hashlib.sha256(pcm[2 * first : 2 * end]).hexdigest():
                     mismatches += 1
-                frame = last // MEDIA_FRAME_SAMPLES
+                if end <= first:
+                    continue  # the empty final chunk: nothing is sent for it
+                frame = (end - 1) // FRAME_BYTES
                 if frame < len(receive_times):
                     received_chunks += 1
-                    fragment = call.fragments[bisect.bisect_right(write_ends, last)]
+                    fragment = call.fragments[bisect.bisect_right(write_ends, end - 1)]
                     latencies.append((receive_times[frame] - fragment.written_at) * 1000)
         exact_contacts += contact_exact
     violations = sum(len(r.violations) for r in cresta_calls.values())
@@ -128,20 +126,25 @@ def build_report(
     return DemoReport(summary)
 
 
+def final_seq(samples: int, chunk_samples: int) -> int:
+    """The final chunk holds the remainder, which is empty when the audio divides evenly."""
+    return samples // chunk_samples
+
+
 def _expected_keys(calls: list[SimulatedCall], chunk_ms: int) -> set[tuple[str, str, int]]:
-    chunk_samples = 8000 * chunk_ms // 1000
+    chunk_samples = SAMPLE_RATE * chunk_ms // 1000
     return {
         (call.contact_id, track.label, seq)
         for call in calls
         for track in Track
-        for seq in range(-(-(len(call.pcm[track]) // 2) // chunk_samples))
+        for seq in range(final_seq(len(call.pcm[track]) // 2, chunk_samples) + 1)
     }
 
 
 def _cresta_audio_matches(pcm: bytes, received_mulaw: bytes) -> bool:
     """Cresta got exactly the μ-law of the source, the last 20 ms frame padded with silence."""
     expected = pcm16_to_mulaw(pcm)
-    padding = (-len(expected)) % MEDIA_FRAME_SAMPLES
+    padding = (-len(expected)) % FRAME_BYTES
     return received_mulaw == expected + b"\xff" * padding
 
 

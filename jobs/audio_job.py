@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pyflink.common import Configuration, Types
+from pyflink.common.typeinfo import LocalTimeTypeInfo
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import (
     BucketAssigner,
@@ -41,11 +42,8 @@ _FLINK_TYPES = {
     ColumnKind.BIGINT: (Types.LONG, DataTypes.BIGINT),
     ColumnKind.DOUBLE: (Types.DOUBLE, DataTypes.DOUBLE),
     ColumnKind.BOOLEAN: (Types.BOOLEAN, DataTypes.BOOLEAN),
-    ColumnKind.TIMESTAMP_MS: (Types.SQL_TIMESTAMP, lambda: DataTypes.TIMESTAMP(3)),
-    ColumnKind.STRING_MAP: (
-        lambda: Types.MAP(Types.STRING(), Types.STRING()),
-        lambda: DataTypes.MAP(DataTypes.STRING(), DataTypes.STRING()),
-    ),
+    ColumnKind.TIMESTAMP_MS: (lambda: LocalTimeTypeInfo(LocalTimeTypeInfo.TimeType.LOCAL_DATE_TIME), lambda: DataTypes.TIMESTAMP(3)),
+    ColumnKind.JSON_MAP: (Types.STRING, DataTypes.STRING),
     ColumnKind.BYTES: (lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()), DataTypes.BYTES),
 }
 

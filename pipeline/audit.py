@@ -8,6 +8,7 @@ pyarrow types, so the writer and every reader agree by construction.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from enum import Enum
 
@@ -31,7 +32,9 @@ class ColumnKind(str, Enum):
     DOUBLE = "double"
     BOOLEAN = "boolean"
     TIMESTAMP_MS = "timestamp_ms"  # UTC instant, millisecond precision
-    STRING_MAP = "string_map"
+    #: Flink 1.20's Parquet writer marks MAP keys optional, which Arrow readers refuse;
+    #: maps are therefore stored as JSON object text.
+    JSON_MAP = "json_map"
     BYTES = "bytes"
 
 
@@ -55,7 +58,7 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("pcm_sha256", ColumnKind.STRING, "SHA-256 of the chunk's PCM16LE bytes"),
     Column("level_dbfs", ColumnKind.DOUBLE, "RMS level of the chunk in dBFS"),
     Column("gap_filled_ms", ColumnKind.INT, "silence inserted for audio missing in KVS"),
-    Column("attributes", ColumnKind.STRING_MAP, "contact attributes known when the chunk left"),
+    Column("attributes", ColumnKind.JSON_MAP, "contact attributes known when the chunk left (JSON object)"),
     Column("attributes_missing", ColumnKind.BOOLEAN, "chunk left before the STARTED event"),
     Column("agent_id", ColumnKind.STRING, "agent handling the contact"),
     Column("queue_name", ColumnKind.STRING, "Connect queue"),
@@ -104,7 +107,7 @@ def audit_values(
         hashlib.sha256(chunk.pcm).hexdigest(),
         level_dbfs(chunk.pcm),
         chunk.gap_filled_ms,
-        dict(chunk.info.attributes),
+        json.dumps(chunk.info.attributes, sort_keys=True),
         chunk.attributes_missing,
         chunk.info.agent_id,
         chunk.info.queue_name,

@@ -71,7 +71,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cresta.ws_url", "", str, "Cresta Media Streams WebSocket URL (wss:// in production)"),
     Setting("cresta.auth_url", "", str, "Cresta OAuth domain, e.g. https://auth.us-west-2-prod.cresta.ai"),
     Setting("cresta.media_token", "", str, "per-customer token sent as the Token custom parameter"),
-    Setting("cresta.agent_id", "", str, "AgentId used when the contact has none"),
+    Setting(
+        "cresta.attribute_allowlist", "", str,
+        "comma-separated contact attributes sent to Cresta (others stay in the account)",
+    ),
     Setting("audit.path", "", str, "audit trail root: file:///… or s3://bucket/prefix"),
     Setting("audit.include_audio", False, _bool, "add the pcm column (PII: off by default)"),
     Setting("errors.path", "", str, "root of the error output; defaults to <audit.path>/../errors"),

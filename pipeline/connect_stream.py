@@ -9,11 +9,13 @@ rules it enforces, all from ``reference/amazon-connect-kvs.md``:
   CodecID. Frames of any other track are ignored and counted.
 - Connect reuses a stream across contacts and writes a fragment's ``ContactId`` tag
   *after* its Cluster, so every fragment's frames are held until its ContactId is known.
-  A fragment of another contact is never emitted: after this contact's audio has begun it
-  ends the stream (``contact_changed``); before that (a reader that starts early, e.g. by
-  timestamp) it is skipped.
-- Fragments numbered below the contact's ``StartFragmentNumber`` are skipped: GetMedia
-  returns fragments in order of fragment number, so they precede this contact's media.
+  A fragment of another contact is never emitted. Once this contact's audio has begun,
+  or at/after its ``StartFragmentNumber``, such a fragment ends the stream
+  (``contact_changed``); before that (a reader that starts early, e.g. by timestamp, on
+  a stream without a known start number) it is skipped.
+- Fragments numbered below the contact's ``StartFragmentNumber`` are skipped, whoever
+  they belong to: GetMedia returns fragments in order of fragment number, so they
+  precede this contact's media (or belong to an earlier streaming session).
 - The sample rate comes from the ``MimeType`` tag (``audio/L16;rate=8000;…``), default
   8000. Held frames are released once both ContactId and MimeType of their fragment are
   known, or when the fragment ends.
@@ -102,11 +104,15 @@ class ConnectContactStream:
         Connect's ``StartFragmentNumber`` for the contact, if known; earlier fragments
         are skipped.
 
+    >>> from pipeline.mkv import MkvStreamParser, write_connect_fragment
+    >>> data = write_connect_fragment(contact_id="c-1", instance_id="i", timecode_ms=1000,
+    ...                               customer_pcm=bytes(16), agent_pcm=bytes(8))
     >>> stream = ConnectContactStream("c-1")
-    >>> stream.feed([])
-    []
-    >>> stream.state
-    <StreamState.WAITING: 'waiting'>
+    >>> frames = stream.feed(MkvStreamParser().feed(data))
+    >>> [(f.track.label, f.frame_index, f.sample_count, f.producer_timestamp_ms) for f in frames]
+    [('customer', 0, 8, 1000), ('agent', 0, 4, 1000)]
+    >>> stream.end().customer_samples
+    8
     """
 
     def __init__(self, contact_id: str, start_fragment_number: str = "") -> None:

@@ -322,7 +322,7 @@ class MediaStreamsReceiver:
         return dict(self.start.custom_parameters) if self.start else {}
 
     def audio(self, track: str) -> bytes:
-        """μ-law bytes received on a Media Streams track (``"inbound"``/``"outbound"``), in order."""
+        """μ-law received on ``"inbound"`` or ``"outbound"``, in order of arrival."""
         return bytes(self._tracks[track].audio)
 
     def receive_bytes(self, data: bytes) -> list[ReceivedEvent]:

@@ -152,7 +152,9 @@ class CrestaTokenProvider:
             raise CrestaAuthError(f"token response from {self.token_url} lacks access_token")
         expires_in = body.get("expires_in")
         if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
-            raise CrestaAuthError(f"token response from {self.token_url} lacks a numeric expires_in")
+            raise CrestaAuthError(
+                f"token response from {self.token_url} lacks a numeric expires_in"
+            )
         if expires_in <= 0:
             raise CrestaAuthError(
                 f"token response from {self.token_url} has expires_in {expires_in} (must be > 0)"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from contextlib import ExitStack
 from typing import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
@@ -58,6 +59,8 @@ def redacted_url(url: str) -> str:
     """``url`` without user info, query or fragment, which may carry credentials."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
@@ -97,6 +100,7 @@ class MediaStreamsConnection:
         self._open_timeout_s = open_timeout_s
         self._epoch_ms = epoch_ms
         self._websocket: ClientConnection | None = None
+        self._exit_stack = ExitStack()
         self._sender: MediaStreamsSender | None = None
 
     def __repr__(self) -> str:
@@ -140,19 +144,24 @@ class MediaStreamsConnection:
                 f"no access token for the Media Streams connection to {url}: {exc}"
             ) from exc
         try:
-            websocket = connect(
-                self.ws_url, additional_headers=headers, open_timeout=self._open_timeout_s
+            # Entered as a context manager: websockets 17 deprecates a bare connect(), and
+            # its ``legacy`` opt-out does not exist before 17.
+            websocket = self._exit_stack.enter_context(
+                connect(self.ws_url, additional_headers=headers, open_timeout=self._open_timeout_s)
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
             raise CrestaDeliveryError(
-                f"Media Streams connection to {url} for contact {contact_id} refused: HTTP {status}",
+                f"Media Streams connection to {url} for contact {contact_id} refused: "
+                f"HTTP {status}",
                 status,
             ) from None
         except (WebSocketException, OSError) as exc:
+            # Some errors (InvalidURI) quote the URL, which may carry credentials.
+            reason = str(exc).replace(self.ws_url, url)
             raise CrestaDeliveryError(
                 f"Media Streams connection to {url} for contact {contact_id} failed: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {reason}"
             ) from None
         self._websocket = websocket
         self._sender = sender
@@ -200,6 +209,5 @@ class MediaStreamsConnection:
             ) from None
 
     def _disconnect(self) -> None:
-        websocket, self._websocket, self._sender = self._websocket, None, None
-        if websocket is not None:
-            websocket.close()
+        self._websocket = self._sender = None
+        self._exit_stack.close()

@@ -3,11 +3,12 @@
 Why hand-written: botocore's StreamingBody iterator yields ~1 KiB chunks whose boundaries
 fall anywhere, including inside an element's ID or size, and a call's audio arrives as
 an endless sequence of fragments (EBML header + unknown-size Segment each). The existing
-Python KVS parsers re-parse their whole buffer on every chunk (quadratic on long calls)
-or want the complete file. This parser takes bytes in any chunking, keeps only the
-unfinished tail of the input, and reports events as soon as the bytes that complete them
-arrive. It has no I/O of its own: an adapter moves bytes from the HTTP body into
-:meth:`MkvStreamParser.feed`, as websockets' protocol core does with a socket.
+Python KVS parsers re-parse their whole buffer each time a chunk arrives (quadratic over
+a long call), and general Matroska libraries expect a complete, seekable file. This
+parser takes bytes in any chunking, keeps only the unfinished tail of the input, and
+reports events as soon as the bytes that complete them arrive. It has no I/O of its own:
+an adapter moves bytes from the HTTP body into :meth:`MkvStreamParser.feed`, as
+websockets' protocol core does with a socket.
 
 How it stays O(n) with bounded memory: master elements (Segment, Cluster, Tags, ...) are
 descended into rather than buffered; only leaf elements that carry something reported
@@ -282,8 +283,8 @@ class MkvStreamParser:
         if header.size is None:
             if not (descend and element_id in _ENDED_BY):
                 raise MkvError(
-                    f"{ebml.describe(element_id)} has unknown size; only a Segment or "
-                    "Cluster may",
+                    f"{ebml.describe(element_id)} has unknown size; only a Segment, or a "
+                    "Cluster inside a Segment, may",
                     header.start,
                 )
             end = None
