@@ -265,6 +265,8 @@ class ConnectorWorker:
         self._in_flight: dict[str, _InFlight] = {}
         self.contacts_done = 0
         self.contacts_handed_back = 0
+        #: AudioFrame records published by finished reads (handed-back reads included).
+        self.frames_published = 0
 
     def run(self, stop: threading.Event) -> None:
         log.info("connector worker started queue=%s", self.queue_url)
@@ -312,6 +314,8 @@ class ConnectorWorker:
     def _read(self, work: ContactWork, receipt: str, stop: threading.Event) -> None:
         try:
             result = read_contact(work, self._media_source, self._producer.put, stop=stop)
+            with self._lock:
+                self.frames_published += result.frames_published
             if result.retryable:
                 self._hand_back(receipt, work.contact_id)
                 return

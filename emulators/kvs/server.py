@@ -239,12 +239,12 @@ class KvsMediaEmulator:
     def create_stream(self, stream: str) -> None:
         """Make a stream known before anything is put on it (GetMedia then waits)."""
         with self._lock:
-            self._stream_log(stream, create=True)
+            self._find_stream(stream, create=True)
 
     def fragments(self, stream: str) -> list[StoredFragment]:
         with self._lock:
-            log_ = self._stream_log(stream, create=False)
-            return list(log_.fragments) if log_ else []
+            stream_log = self._find_stream(stream, create=False)
+            return list(stream_log.fragments) if stream_log else []
 
     def put_media(self, stream: str, body: bytes) -> list[StoredFragment]:
         """Parse, validate and store the fragments of one PutMedia body."""
@@ -252,22 +252,22 @@ class KvsMediaEmulator:
         now_ms = int(time.time() * 1000)
         stored = []
         with self._changed:
-            log_ = self._stream_log(stream, create=True)
+            stream_log = self._find_stream(stream, create=True)
             for fragment in parsed:
                 self._sequence += 1
                 number = str(_FRAGMENT_NUMBER_BASE + self._sequence * _FRAGMENT_NUMBER_STEP)
                 stored_fragment = StoredFragment(number=number, server_timestamp_ms=now_ms, **fragment)
-                log_.fragments.append(stored_fragment)
+                stream_log.fragments.append(stored_fragment)
                 stored.append(stored_fragment)
             self._changed.notify_all()
         return stored
 
-    def _stream_log(self, stream: str, *, create: bool) -> _StreamLog | None:
+    def _find_stream(self, stream: str, *, create: bool) -> _StreamLog | None:
         name = stream_name_of(stream)
-        log_ = self._streams.get(name)
-        if log_ is None and create:
-            log_ = self._streams[name] = _StreamLog(name)
-        return log_
+        stream_log = self._streams.get(name)
+        if stream_log is None and create:
+            stream_log = self._streams[name] = _StreamLog(name)
+        return stream_log
 
     # -- GetMedia ----------------------------------------------------------------------
 
@@ -282,25 +282,25 @@ class KvsMediaEmulator:
         if not isinstance(selector, dict):
             raise ApiError(400, "InvalidArgumentException", "StartSelector is required")
         with self._lock:
-            log_ = self._stream_log(stream, create=False)
-            if log_ is None:
+            stream_log = self._find_stream(stream, create=False)
+            if stream_log is None:
                 raise ApiError(404, "ResourceNotFoundException", f"stream {stream} not found")
-            start = self._resolve_selector(log_, selector)
-            if log_.active_readers >= self.max_connections_per_stream:
+            start = self._resolve_selector(stream_log, selector)
+            if stream_log.active_readers >= self.max_connections_per_stream:
                 raise ApiError(
                     400,
                     "ConnectionLimitExceededException",
-                    f"stream {log_.name} already has {log_.active_readers} GetMedia connections",
+                    f"stream {stream_log.name} already has {stream_log.active_readers} GetMedia connections",
                 )
-            log_.active_readers += 1
-        return _GetMediaSession(self, log_, start)
+            stream_log.active_readers += 1
+        return _GetMediaSession(self, stream_log, start)
 
-    def _resolve_selector(self, log_: _StreamLog, selector: dict) -> int | tuple[str, str]:
+    def _resolve_selector(self, stream_log: _StreamLog, selector: dict) -> int | tuple[str, str]:
         """Index of the first fragment to send, or an in-stream error (code, id)."""
         selector_type = selector.get("StartSelectorType")
         if selector_type not in SELECTOR_TYPES:
             raise ApiError(400, "InvalidArgumentException", f"unknown StartSelectorType {selector_type!r}")
-        fragments = log_.fragments
+        fragments = stream_log.fragments
         if selector_type == "EARLIEST":
             return 0
         if selector_type == "NOW":
@@ -328,9 +328,9 @@ class KvsMediaEmulator:
                 return index
         return len(fragments)
 
-    def _release(self, log_: _StreamLog) -> None:
+    def _release(self, stream_log: _StreamLog) -> None:
         with self._lock:
-            log_.active_readers -= 1
+            stream_log.active_readers -= 1
 
     def _chunk_sizes(self) -> Iterator[int]:
         # Tiny chunks split element headers; large ones are what KVS sends when caught up.
@@ -349,9 +349,11 @@ class KvsMediaEmulator:
 class _GetMediaSession:
     """One GetMedia response: sends stored fragments, then live ones, until idle."""
 
-    def __init__(self, emulator: KvsMediaEmulator, log_: _StreamLog, start: int | tuple[str, str]) -> None:
+    def __init__(
+        self, emulator: KvsMediaEmulator, stream_log: _StreamLog, start: int | tuple[str, str]
+    ) -> None:
         self._emulator = emulator
-        self._log = log_
+        self._stream_log = stream_log
         self._start = start
         self._closed = False
 
@@ -359,7 +361,7 @@ class _GetMediaSession:
         """Give the connection slot back (once)."""
         if not self._closed:
             self._closed = True
-            self._emulator._release(self._log)
+            self._emulator._release(self._stream_log)
 
     def body(self) -> Iterator[bytes]:
         """The response body as a sequence of HTTP chunks of random sizes."""
@@ -381,7 +383,7 @@ class _GetMediaSession:
         last_sent = began
         while True:
             with emulator._changed:
-                while index >= len(self._log.fragments) and not emulator._stopping:
+                while index >= len(self._stream_log.fragments) and not emulator._stopping:
                     now = time.monotonic()
                     remaining = min(
                         last_sent + emulator.idle_timeout_s - now, began + emulator.session_limit_s - now
@@ -389,7 +391,7 @@ class _GetMediaSession:
                     if remaining <= 0:
                         break
                     emulator._changed.wait(remaining)
-                batch = self._log.fragments[index:]
+                batch = self._stream_log.fragments[index:]
                 stopping = emulator._stopping
             if stopping or not batch:
                 return

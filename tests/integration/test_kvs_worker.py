@@ -160,6 +160,7 @@ def test_worker_reads_two_contacts_of_one_reused_stream(aws_endpoint, session, e
     attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
     assert worker.contacts_done == 2
+    assert worker.frames_published == sum(isinstance(r, AudioFrame) for r in records)
 
 
 class FakeMediaSource:
