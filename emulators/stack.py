@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+import httpx
 from moto.server import ThreadedMotoServer
 
 from emulators.cresta.server import CrestaEmulator
@@ -61,10 +62,15 @@ class LocalStack:
 
     def start(self) -> None:
         s = self.settings
+        # moto's server logs every request at INFO; that is noise in a demo or test run.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         host, port = self.moto.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
+        # moto keeps its backends per process: a second stack in one process (tests)
+        # would otherwise see the first one's streams and queues.
+        httpx.post(f"{self.endpoint_url}/moto-api/reset").raise_for_status()
         kinesis = self.client("kinesis")
         kinesis.create_stream(StreamName=s.audio_frames_stream, ShardCount=s.audio_frames_shards)
         kinesis.create_stream(StreamName=s.contact_events_stream, ShardCount=1)

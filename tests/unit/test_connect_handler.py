@@ -1,0 +1,250 @@
+"""Connect-side Lambda handlers against stubbed boto3 clients: the exact AWS requests.
+
+The expected records are written out field by field from the Connect event (not produced
+by the code under test) and serialised the way DESIGN §4's JSON records are on the wire:
+compact separators, sorted keys.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from connectors.connect import handler as handler_module
+from connectors.connect.handler import contact_event_handler, contact_flow_handler
+from pipeline.records import ContactEvent, ContactWork
+
+STREAM = "contact-events-test"
+QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/connector-work-test"
+NOW_S = 1726677690.5  # exactly representable: now_ms is 1726677690500
+NOW_MS = 1726677690500
+
+CONTACT = "d111f871-5fe7-40b1-b5f7-6b67060de0c2"
+INSTANCE = "d5b716a2-2f4b-4c3e-9a0f-1b2c3d4e5f60"
+INSTANCE_ARN = f"arn:aws:connect:us-east-1:123456789012:instance/{INSTANCE}"
+STREAM_ARN = "arn:aws:kinesisvideo:us-east-1:123456789012:stream/connect-live-contact-pool-3/1726600000000"
+FRAGMENT = "91343852333181432392682062622220590765191907586"
+
+
+def wire(body: dict) -> str:
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def flow_event() -> dict:
+    return {
+        "Name": "ContactFlowEvent",
+        "Details": {
+            "ContactData": {
+                "Attributes": {"CustomerTier": "gold"},
+                "Channel": "VOICE",
+                "ContactId": CONTACT,
+                "InitialContactId": CONTACT,
+                "InitiationMethod": "INBOUND",
+                "InstanceARN": INSTANCE_ARN,
+                "MediaStreams": {
+                    "Customer": {
+                        "Audio": {
+                            "StartFragmentNumber": FRAGMENT,
+                            "StartTimestamp": "1726677688724",
+                            "StopTimestamp": None,
+                            "StreamARN": STREAM_ARN,
+                        }
+                    }
+                },
+                "PreviousContactId": "",
+                "Queue": {"ARN": f"{INSTANCE_ARN}/queue/q-1", "Name": "BasicQueue"},
+            },
+            "Parameters": {},
+        },
+    }
+
+
+EXPECTED_STARTED = {
+    "schema": "contact-event/1",
+    "type": "STARTED",
+    "contact_id": CONTACT,
+    "instance_id": INSTANCE,
+    "event_time_ms": NOW_MS,
+    "stream_arn": STREAM_ARN,
+    "start_fragment_number": FRAGMENT,
+    "start_timestamp_ms": 1726677688724,
+    "attributes": {"CustomerTier": "gold"},
+    "agent_id": "",
+    "queue_name": "BasicQueue",
+    "initiation_method": "INBOUND",
+    "previous_contact_id": "",
+}
+
+EXPECTED_WORK = {
+    "schema": "contact-work/1",
+    "contact_id": CONTACT,
+    "stream_arn": STREAM_ARN,
+    "start_fragment_number": FRAGMENT,
+    "instance_id": INSTANCE,
+    "start_timestamp_ms": 1726677688724,
+}
+
+
+def contact_event(event_type: str) -> dict:
+    return {
+        "version": "0",
+        "id": "5e9b8c4a-0000-4000-8000-0000000000ee",
+        "detail-type": "Amazon Connect Contact Event",
+        "source": "aws.connect",
+        "account": "123456789012",
+        "time": "2024-09-18T16:45:00Z",
+        "region": "us-east-1",
+        "resources": [INSTANCE_ARN],
+        "detail": {
+            "eventType": event_type,
+            "contactId": CONTACT,
+            "channel": "VOICE",
+            "instanceArn": INSTANCE_ARN,
+            "initiationMethod": "INBOUND",
+        },
+    }
+
+
+def make_client(name: str):
+    return boto3.client(
+        name, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch):
+    monkeypatch.setenv("CONTACT_EVENTS_STREAM", STREAM)
+    monkeypatch.setenv("CONNECTOR_QUEUE_URL", QUEUE_URL)
+    monkeypatch.setattr(handler_module, "time", types.SimpleNamespace(time=lambda: NOW_S))
+    # Never fall back to module-level clients built from the machine's configuration.
+    monkeypatch.setattr(handler_module, "_clients", {"kinesis": object(), "sqs": object()})
+
+
+@pytest.fixture
+def kinesis():
+    client = make_client("kinesis")
+    with Stubber(client) as stub:
+        yield client, stub
+        stub.assert_no_pending_responses()
+
+
+@pytest.fixture
+def sqs():
+    client = make_client("sqs")
+    with Stubber(client) as stub:
+        yield client, stub
+        stub.assert_no_pending_responses()
+
+
+PUT_RECORD_OK = {"ShardId": "shardId-000000000000", "SequenceNumber": "49590338271490256608559692538361571095921575989136588898"}
+SEND_MESSAGE_OK = {"MessageId": "3f1c2b9e-0000-4000-8000-000000000001", "MD5OfMessageBody": "0" * 32}
+
+
+def test_expected_records_are_what_the_codecs_read():
+    # Guards the hand-written expectations above against drifting from the contract.
+    started = ContactEvent.decode(wire(EXPECTED_STARTED))
+    assert (started.contact_id, started.stream_arn, started.event_time_ms) == (CONTACT, STREAM_ARN, NOW_MS)
+    assert ContactWork.decode(wire(EXPECTED_WORK)).start_fragment_number == FRAGMENT
+
+
+def test_flow_handler_puts_started_and_sends_the_work_item(kinesis, sqs):
+    kinesis_client, kinesis_stub = kinesis
+    sqs_client, sqs_stub = sqs
+    kinesis_stub.add_response(
+        "put_record",
+        PUT_RECORD_OK,
+        {"StreamName": STREAM, "Data": wire(EXPECTED_STARTED).encode(), "PartitionKey": CONTACT},
+    )
+    sqs_stub.add_response(
+        "send_message",
+        SEND_MESSAGE_OK,
+        {"QueueUrl": QUEUE_URL, "MessageBody": wire(EXPECTED_WORK)},
+    )
+    result = contact_flow_handler(flow_event(), None, kinesis=kinesis_client, sqs=sqs_client)
+    assert result == {"status": "OK", "contactId": CONTACT}
+    # Connect's Invoke Lambda block needs a flat map of strings.
+    assert all(isinstance(v, str) for v in result.values())
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        {"Details": {}},
+        {"Details": {"ContactData": {"ContactId": CONTACT, "MediaStreams": {"Customer": {"Audio": None}}}}},
+    ],
+    ids=["empty", "no-contact-data", "media-streaming-not-started"],
+)
+def test_flow_handler_rejects_a_bad_event_without_any_aws_call(kinesis, sqs, event):
+    kinesis_client, _ = kinesis
+    sqs_client, _ = sqs
+    # No responses queued: any AWS call would raise from the stubber.
+    result = contact_flow_handler(event, None, kinesis=kinesis_client, sqs=sqs_client)
+    assert result["status"] == "ERROR"
+    assert result["reason"] == "malformed_connect_event"
+    assert all(isinstance(v, str) for v in result.values())
+
+
+def test_flow_handler_rejects_an_invalid_fragment_number_without_any_aws_call(kinesis, sqs):
+    event = flow_event()
+    event["Details"]["ContactData"]["MediaStreams"]["Customer"]["Audio"]["StartFragmentNumber"] = "latest"
+    result = contact_flow_handler(event, None, kinesis=kinesis[0], sqs=sqs[0])
+    assert result["status"] == "ERROR"
+    assert "StartFragmentNumber" in result["message"]
+
+
+def test_flow_handler_sends_no_work_when_started_cannot_be_published(kinesis, sqs):
+    kinesis_client, kinesis_stub = kinesis
+    kinesis_stub.add_client_error(
+        "put_record",
+        service_error_code="ProvisionedThroughputExceededException",
+        expected_params={"StreamName": STREAM, "Data": wire(EXPECTED_STARTED).encode(), "PartitionKey": CONTACT},
+    )
+    # The SQS stub has nothing queued: a send_message here would fail the test.
+    with pytest.raises(ClientError):
+        contact_flow_handler(flow_event(), None, kinesis=kinesis_client, sqs=sqs[0])
+
+
+def test_event_handler_puts_ended_for_disconnected(kinesis):
+    kinesis_client, kinesis_stub = kinesis
+    expected_ended = {
+        "schema": "contact-event/1",
+        "type": "ENDED",
+        "contact_id": CONTACT,
+        "instance_id": INSTANCE,
+        "event_time_ms": NOW_MS,
+        "stream_arn": "",
+        "start_fragment_number": "",
+        "start_timestamp_ms": 0,
+        "attributes": {},
+        "agent_id": "",
+        "queue_name": "",
+        "initiation_method": "",
+        "previous_contact_id": "",
+    }
+    kinesis_stub.add_response(
+        "put_record",
+        PUT_RECORD_OK,
+        {"StreamName": STREAM, "Data": wire(expected_ended).encode(), "PartitionKey": CONTACT},
+    )
+    assert contact_event_handler(contact_event("DISCONNECTED"), None, kinesis=kinesis_client) == {
+        "status": "OK",
+        "contactId": CONTACT,
+    }
+
+
+@pytest.mark.parametrize("event_type", ["INITIATED", "CONNECTED_TO_AGENT", "QUEUED"])
+def test_event_handler_ignores_other_event_types_without_any_aws_call(kinesis, event_type):
+    assert contact_event_handler(contact_event(event_type), None, kinesis=kinesis[0]) == {"status": "IGNORED"}
+
+
+def test_event_handler_rejects_an_event_without_detail(kinesis):
+    event = contact_event("DISCONNECTED")
+    del event["detail"]
+    result = contact_event_handler(event, None, kinesis=kinesis[0])
+    assert result == {"status": "ERROR", "reason": "malformed_connect_event"}
