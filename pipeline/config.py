@@ -150,12 +150,14 @@ def _env_name(key: str) -> str:
 def _read_property_groups(path: Path) -> dict[str, str]:
     try:
         groups = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     if not isinstance(groups, list):
         raise ConfigError(f"{path}: expected a list of property groups")
     flat: dict[str, str] = {}
-    for group in groups:
+    for index, group in enumerate(groups):
+        if not isinstance(group, dict) or not isinstance(group.get("PropertyMap", {}), dict):
+            raise ConfigError(f"{path}: property group #{index} is not {{PropertyGroupId, PropertyMap}}")
         group_id = group.get("PropertyGroupId")
         for name, value in (group.get("PropertyMap") or {}).items():
             key = f"{group_id}.{name}"

@@ -12,8 +12,8 @@ from typing import Any
 
 from pipeline.records import ContactEvent, ContactWork, EventType, RecordError
 
-_FRAGMENT_NUMBER = re.compile(r"^[0-9]{1,48}$")
-_STREAM_ARN = re.compile(r"^arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]{12}:stream/.+/[0-9]+$")
+_FRAGMENT_NUMBER = re.compile(r"[0-9]{1,48}")
+_STREAM_ARN = re.compile(r"arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]{12}:stream/[^\s]+/[0-9]+")
 
 
 def _require(mapping: Any, key: str, where: str) -> Any:
@@ -39,10 +39,10 @@ def contact_started(event: dict[str, Any], now_ms: int) -> tuple[ContactEvent, C
         "MediaStreams.Customer",
     )
     stream_arn = _require(audio, "StreamARN", "Audio")
-    if not isinstance(stream_arn, str) or not _STREAM_ARN.match(stream_arn):
+    if not isinstance(stream_arn, str) or not _STREAM_ARN.fullmatch(stream_arn):
         raise RecordError("malformed_connect_event", f"Audio.StreamARN {stream_arn!r} is not a KVS stream ARN")
     start_fragment = str(_require(audio, "StartFragmentNumber", "Audio"))
-    if not _FRAGMENT_NUMBER.match(start_fragment):
+    if not _FRAGMENT_NUMBER.fullmatch(start_fragment):
         raise RecordError("malformed_connect_event", "Audio.StartFragmentNumber is not a fragment number")
     try:
         start_ms = int(audio.get("StartTimestamp") or 0)
@@ -54,6 +54,8 @@ def contact_started(event: dict[str, Any], now_ms: int) -> tuple[ContactEvent, C
     attributes = {str(k): str(v) for k, v in attributes.items()}
     queue = contact.get("Queue") or {}
     parameters = details.get("Parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RecordError("malformed_connect_event", "Details.Parameters is not a map")
     instance_id = _instance_id(str(contact.get("InstanceARN") or ""))
     started = ContactEvent(
         type=EventType.STARTED,
@@ -83,12 +85,16 @@ def contact_started(event: dict[str, Any], now_ms: int) -> tuple[ContactEvent, C
 def contact_disconnected(event: dict[str, Any], now_ms: int) -> ContactEvent | None:
     """An EventBridge "Amazon Connect Contact Event"; DISCONNECTED → ENDED, others → None."""
     detail = _require(event, "detail", "event")
+    if not isinstance(detail, dict):
+        raise RecordError("malformed_connect_event", "event.detail is not an object")
     if detail.get("eventType") != "DISCONNECTED":
         return None
     contact_id = _require(detail, "contactId", "detail")
+    if not isinstance(contact_id, str) or not contact_id:
+        raise RecordError("malformed_connect_event", "detail.contactId must be a non-empty string")
     return ContactEvent(
         type=EventType.ENDED,
-        contact_id=str(contact_id),
+        contact_id=contact_id,
         event_time_ms=now_ms,
         instance_id=_instance_id(str(detail.get("instanceArn") or "")),
     )

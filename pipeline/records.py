@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -92,50 +93,91 @@ class ContactEvent:
 
     @classmethod
     def decode(cls, data: bytes | str) -> "ContactEvent":
-        try:
-            body = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError("malformed_event", f"not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise RecordError("malformed_event", "event is not a JSON object")
+        body = _json_object(data, "malformed_event")
         schema = body.get("schema")
         if schema != CONTACT_EVENT_SCHEMA:
             raise RecordError(
                 "unknown_version",
                 f"contact event schema {schema!r}, this reader knows {CONTACT_EVENT_SCHEMA!r}",
             )
+        fields = _Fields(body, "malformed_event")
         try:
-            event_type = EventType(body["type"])
-        except (KeyError, ValueError):
+            event_type = EventType(body.get("type"))
+        except ValueError:
             raise RecordError("malformed_event", f"unknown event type {body.get('type')!r}") from None
-        contact_id = body.get("contact_id")
-        if not isinstance(contact_id, str) or not contact_id:
-            raise RecordError("malformed_event", "contact_id missing")
+        contact_id = fields.text("contact_id", required=True)
         if len(contact_id.encode()) > MAX_CONTACT_ID_BYTES:
             raise RecordError("malformed_event", "contact_id too long")
-        attributes = body.get("attributes") or {}
+        attributes = body.get("attributes")
+        if attributes is None:
+            attributes = {}
         if not isinstance(attributes, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
         ):
             raise RecordError("malformed_event", "attributes must map strings to strings")
+        for key, value in attributes.items():
+            _utf8(key, "malformed_event", "attribute name")
+            _utf8(value, "malformed_event", f"attribute {key!r}")
         _check_attributes_size(attributes)
-        try:
-            return cls(
-                type=event_type,
-                contact_id=contact_id,
-                event_time_ms=int(body.get("event_time_ms") or 0),
-                instance_id=str(body.get("instance_id") or ""),
-                stream_arn=str(body.get("stream_arn") or ""),
-                start_fragment_number=str(body.get("start_fragment_number") or ""),
-                start_timestamp_ms=int(body.get("start_timestamp_ms") or 0),
-                attributes=dict(attributes),
-                agent_id=str(body.get("agent_id") or ""),
-                queue_name=str(body.get("queue_name") or ""),
-                initiation_method=str(body.get("initiation_method") or ""),
-                previous_contact_id=str(body.get("previous_contact_id") or ""),
-            )
-        except (TypeError, ValueError) as exc:
-            raise RecordError("malformed_event", str(exc)) from None
+        return cls(
+            type=event_type,
+            contact_id=contact_id,
+            event_time_ms=fields.integer("event_time_ms"),
+            instance_id=fields.text("instance_id"),
+            stream_arn=fields.text("stream_arn"),
+            start_fragment_number=fields.text("start_fragment_number"),
+            start_timestamp_ms=fields.integer("start_timestamp_ms"),
+            attributes=dict(attributes),
+            agent_id=fields.text("agent_id"),
+            queue_name=fields.text("queue_name"),
+            initiation_method=fields.text("initiation_method"),
+            previous_contact_id=fields.text("previous_contact_id"),
+        )
+
+
+def _json_object(data: bytes | str, reason: str) -> dict:
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(reason, f"not JSON: {exc}") from None
+    except RecursionError:
+        raise RecordError(reason, "JSON nested too deeply") from None
+    if not isinstance(body, dict):
+        raise RecordError(reason, "not a JSON object")
+    return body
+
+
+def _utf8(value: str, reason: str, what: str) -> str:
+    # JSON may carry lone surrogates (\ud800) that no UTF-8 writer downstream accepts.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise RecordError(reason, f"{what} is not valid Unicode") from None
+    return value
+
+
+class _Fields:
+    """Typed, strict access to a decoded JSON object's fields: no silent coercion."""
+
+    def __init__(self, body: dict, reason: str) -> None:
+        self.body = body
+        self.reason = reason
+
+    def text(self, name: str, required: bool = False) -> str:
+        value = self.body.get(name)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str) or (required and not value):
+            raise RecordError(self.reason, f"{name} must be a non-empty string" if required else f"{name} must be a string")
+        return _utf8(value, self.reason, name)
+
+    def integer(self, name: str) -> int:
+        value = self.body.get(name)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecordError(self.reason, f"{name} must be an integer, got {value!r}")
+        return value
 
 
 def _check_attributes_size(attributes: dict[str, str]) -> None:
@@ -160,6 +202,9 @@ class FrameKind(enum.IntEnum):
 # magic, version, kind, track, frame_index, producer_timestamp_ms, sample_rate,
 # sample_count, then two length-prefixed strings (contact_id, fragment_number).
 _HEADER = struct.Struct(">4sBBBIqII")
+#: ASCII digits only (str.isdigit would accept other scripts' digits); empty on an END
+#: record of a contact that had no fragment.
+_FRAGMENT_NUMBER = re.compile(r"[0-9]{0,64}")
 _END_TOTALS = struct.Struct(">QQII")
 
 
@@ -255,6 +300,8 @@ def decode_audio_record(data: bytes) -> AudioFrame | AudioEnd:
     fragment_number, offset = _unpack_str(data, offset)
     if not contact_id:
         raise RecordError("bad_contact_id", "empty contact_id")
+    if not _FRAGMENT_NUMBER.fullmatch(fragment_number):
+        raise RecordError("bad_fragment_number", f"fragment number {fragment_number[:64]!r} is not decimal")
     if kind == FrameKind.FRAME:
         try:
             track_value = Track(track)
@@ -328,22 +375,14 @@ class ContactWork:
 
     @classmethod
     def decode(cls, data: str | bytes) -> "ContactWork":
-        try:
-            body = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordError("malformed_work", f"not JSON: {exc}") from None
-        if not isinstance(body, dict) or body.get("schema") != CONTACT_WORK_SCHEMA:
+        body = _json_object(data, "malformed_work")
+        if body.get("schema") != CONTACT_WORK_SCHEMA:
             raise RecordError("unknown_version", f"work item schema is not {CONTACT_WORK_SCHEMA!r}")
-        try:
-            work = cls(
-                contact_id=str(body["contact_id"]),
-                stream_arn=str(body["stream_arn"]),
-                start_fragment_number=str(body.get("start_fragment_number") or ""),
-                instance_id=str(body.get("instance_id") or ""),
-                start_timestamp_ms=int(body.get("start_timestamp_ms") or 0),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RecordError("malformed_work", f"bad field {exc}") from None
-        if not work.contact_id or not work.stream_arn:
-            raise RecordError("malformed_work", "contact_id and stream_arn are required")
-        return work
+        fields = _Fields(body, "malformed_work")
+        return cls(
+            contact_id=fields.text("contact_id", required=True),
+            stream_arn=fields.text("stream_arn", required=True),
+            start_fragment_number=fields.text("start_fragment_number"),
+            instance_id=fields.text("instance_id"),
+            start_timestamp_ms=fields.integer("start_timestamp_ms"),
+        )

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.connect_events import contact_disconnected, contact_started
 from pipeline.records import RecordError
@@ -41,12 +42,18 @@ def contact_flow_handler(event: dict[str, Any], context: Any = None, *, kinesis=
     except RecordError as exc:
         log.warning("rejected contact flow event: %s", exc)
         return {"status": "ERROR", "reason": exc.reason, "message": str(exc)}
-    kinesis.put_record(
-        StreamName=os.environ[CONTACT_EVENTS_STREAM_ENV],
-        Data=started.encode(),
-        PartitionKey=started.contact_id,
-    )
-    sqs.send_message(QueueUrl=os.environ[CONNECTOR_QUEUE_URL_ENV], MessageBody=work.encode())
+    try:
+        # The work item first: without it nobody reads the audio, whereas audio without
+        # STARTED still flows (flagged attributes_missing) after the enrichment wait.
+        sqs.send_message(QueueUrl=os.environ[CONNECTOR_QUEUE_URL_ENV], MessageBody=work.encode())
+        kinesis.put_record(
+            StreamName=os.environ[CONTACT_EVENTS_STREAM_ENV],
+            Data=started.encode(),
+            PartitionKey=started.contact_id,
+        )
+    except (BotoCoreError, ClientError) as exc:
+        log.error("contact %s: hand-off failed: %s", started.contact_id, exc)
+        return {"status": "ERROR", "reason": "handoff_failed", "message": type(exc).__name__}
     log.info("contact %s handed off (stream %s)", started.contact_id, started.stream_arn)
     return {"status": "OK", "contactId": started.contact_id}
 
@@ -58,7 +65,7 @@ def contact_event_handler(event: dict[str, Any], context: Any = None, *, kinesis
         ended = contact_disconnected(event, now_ms=int(time.time() * 1000))
     except RecordError as exc:
         log.warning("rejected contact event: %s", exc)
-        return {"status": "ERROR", "reason": exc.reason}
+        return {"status": "ERROR", "reason": exc.reason, "message": str(exc)}
     if ended is None:
         return {"status": "IGNORED"}
     kinesis.put_record(
