@@ -53,7 +53,8 @@ def contact_flow_handler(event: dict[str, Any], context: Any = None, *, kinesis=
         )
     except (BotoCoreError, ClientError) as exc:
         log.error("contact %s: hand-off failed: %s", started.contact_id, exc)
-        return {"status": "ERROR", "reason": "handoff_failed", "message": type(exc).__name__}
+        code = exc.response["Error"]["Code"] if isinstance(exc, ClientError) else type(exc).__name__
+        return {"status": "ERROR", "reason": "handoff_failed", "message": code}
     log.info("contact %s handed off (stream %s)", started.contact_id, started.stream_arn)
     return {"status": "OK", "contactId": started.contact_id}
 

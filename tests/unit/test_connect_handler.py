@@ -198,16 +198,37 @@ def test_flow_handler_rejects_an_invalid_fragment_number_without_any_aws_call(ki
     assert "StartFragmentNumber" in result["message"]
 
 
-def test_flow_handler_sends_no_work_when_started_cannot_be_published(kinesis, sqs):
+def test_flow_handler_publishes_nothing_when_the_work_item_cannot_be_queued(kinesis, sqs):
+    sqs_client, sqs_stub = sqs
+    sqs_stub.add_client_error(
+        "send_message",
+        service_error_code="AWS.SimpleQueueService.NonExistentQueue",
+        expected_params={"QueueUrl": QUEUE_URL, "MessageBody": wire(EXPECTED_WORK)},
+    )
+    # The Kinesis stub has nothing queued: a put_record here would fail the test.
+    result = contact_flow_handler(flow_event(), None, kinesis=kinesis[0], sqs=sqs_client)
+    assert result == {
+        "status": "ERROR", "reason": "handoff_failed", "message": "AWS.SimpleQueueService.NonExistentQueue",
+    }
+
+
+def test_flow_handler_reports_a_failed_started_publish_to_the_flow(kinesis, sqs):
     kinesis_client, kinesis_stub = kinesis
+    sqs_client, sqs_stub = sqs
+    sqs_stub.add_response(
+        "send_message",
+        SEND_MESSAGE_OK,
+        expected_params={"QueueUrl": QUEUE_URL, "MessageBody": wire(EXPECTED_WORK)},
+    )
     kinesis_stub.add_client_error(
         "put_record",
         service_error_code="ProvisionedThroughputExceededException",
         expected_params={"StreamName": STREAM, "Data": wire(EXPECTED_STARTED).encode(), "PartitionKey": CONTACT},
     )
-    # The SQS stub has nothing queued: a send_message here would fail the test.
-    with pytest.raises(ClientError):
-        contact_flow_handler(flow_event(), None, kinesis=kinesis_client, sqs=sqs[0])
+    result = contact_flow_handler(flow_event(), None, kinesis=kinesis_client, sqs=sqs_client)
+    assert result == {
+        "status": "ERROR", "reason": "handoff_failed", "message": "ProvisionedThroughputExceededException",
+    }
 
 
 def test_event_handler_puts_ended_for_disconnected(kinesis):
@@ -247,4 +268,5 @@ def test_event_handler_rejects_an_event_without_detail(kinesis):
     event = contact_event("DISCONNECTED")
     del event["detail"]
     result = contact_event_handler(event, None, kinesis=kinesis[0])
-    assert result == {"status": "ERROR", "reason": "malformed_connect_event"}
+    assert result["status"] == "ERROR" and result["reason"] == "malformed_connect_event"
+    assert "detail" in result["message"]
