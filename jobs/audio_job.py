@@ -29,7 +29,7 @@ from pyflink.table import DataTypes
 from connectors.kinesis.flink_source import raw_bytes_consumer
 from jobs.functions import ContactAssemblerFunction, CrestaDeliveryFunction, decode_audio, decode_event
 from pipeline.audit import ColumnKind, audit_columns
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import SETTINGS, ConfigError, PipelineConfig, load_config
 
 log = logging.getLogger("jobs.audio_job")
 
@@ -141,7 +141,15 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cresta-pipeline job run", description="Run the PyFlink job.")
+    settings = "\n".join(f"  {s.key} = {s.default!r}\n      {s.doc}" for s in SETTINGS)
+    parser = argparse.ArgumentParser(
+        prog="cresta-pipeline job run",
+        description="Run the PyFlink job (on a local minicluster, or as Managed Flink's entry point).",
+        epilog=(
+            "settings (file < env CRESTA_PIPELINE_<KEY with dots as underscores> < --set):\n" + settings
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="properties file (Managed Flink application_properties.json shape)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     args = parser.parse_args(argv)
