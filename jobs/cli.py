@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": ("emulators.demo", "run emulated Connect calls through the real pipeline locally"),
     "job": ("jobs.audio_job", "run the PyFlink job (`job run --config FILE`)"),
     "connector": ("connectors.kvs.worker", "run a KVS connector worker (`connector run`)"),
+    "kvs": ("connectors.kvs.tools", "look into KVS media: `kvs inspect SOURCE`, `kvs dump SOURCE --out DIR`"),
 }
 #: Subcommands whose first argument is a verb (`job run`, `connector run`).
 VERB_COMMANDS = {"job": "run", "connector": "run"}
