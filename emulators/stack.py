@@ -1,11 +1,14 @@
 """The local AWS + partner stack: moto's server, the KVS media emulator, the Cresta emulator.
 
 Everything listens on loopback only. The same resource names are used as in production
-(DESIGN §2), so code under test cannot tell the stack from AWS except by endpoint.
+(DESIGN §2), so code under test cannot tell the stack from AWS except by endpoint. The
+connector's work queue has a dead-letter queue (RedrivePolicy) and the connector's
+checkpoint table exists, as the deployment has them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -16,6 +19,7 @@ import boto3
 import httpx
 from moto.server import ThreadedMotoServer
 
+from connectors.kvs.checkpoints import create_table as create_checkpoint_table
 from emulators.cresta.server import CrestaEmulator
 from emulators.kvs.server import KvsMediaEmulator
 
@@ -36,6 +40,14 @@ class StackSettings:
     kvs_stream_prefix: str = "connect-live-media"
     kvs_pool_size: int = 4
     kvs_idle_timeout_s: float = 3.0
+    kvs_session_limit_s: float = 2700.0
+    kvs_max_connections_per_stream: int = 3
+    #: Work items that failed this many deliveries move to ``dead_letter_queue``
+    #: (SQS RedrivePolicy); an empty name means no dead-letter queue.
+    dead_letter_queue: str = "connector-contacts-dlq"
+    max_receive_count: int = 3
+    #: DynamoDB table of the connector's contact checkpoints; empty: none.
+    checkpoint_table: str = "connector-checkpoints"
     cresta_client_id: str = "demo-client"
     cresta_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     cresta_media_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
@@ -51,6 +63,7 @@ class LocalStack:
         self.cresta: CrestaEmulator | None = None
         self.endpoint_url = ""
         self.queue_url = ""
+        self.dead_letter_queue_url = ""
         self.kvs_stream_arns: list[str] = []
 
     def __enter__(self) -> "LocalStack":
@@ -74,13 +87,19 @@ class LocalStack:
         kinesis = self.client("kinesis")
         kinesis.create_stream(StreamName=s.audio_frames_stream, ShardCount=s.audio_frames_shards)
         kinesis.create_stream(StreamName=s.contact_events_stream, ShardCount=1)
-        self.queue_url = self.client("sqs").create_queue(QueueName=s.connector_queue)["QueueUrl"]
+        self.queue_url = self._create_work_queue()
+        if s.checkpoint_table:
+            create_checkpoint_table(self.client("dynamodb"), s.checkpoint_table)
         kvs = self.client("kinesisvideo")
         self.kvs_stream_arns = [
             kvs.create_stream(StreamName=f"{s.kvs_stream_prefix}-{i}", MediaType="audio/L16")["StreamARN"]
             for i in range(s.kvs_pool_size)
         ]
-        self.kvs = KvsMediaEmulator(idle_timeout_s=s.kvs_idle_timeout_s)
+        self.kvs = KvsMediaEmulator(
+            idle_timeout_s=s.kvs_idle_timeout_s,
+            session_limit_s=s.kvs_session_limit_s,
+            max_connections_per_stream=s.kvs_max_connections_per_stream,
+        )
         self.kvs.start()
         self.cresta = CrestaEmulator(
             client_id=s.cresta_client_id,
@@ -89,6 +108,20 @@ class LocalStack:
         )
         self.cresta.start()
         log.info("local stack up: aws %s, kvs media %s", self.endpoint_url, self.kvs.endpoint_url)
+
+    def _create_work_queue(self) -> str:
+        s = self.settings
+        sqs = self.client("sqs")
+        attributes = {}
+        if s.dead_letter_queue:
+            self.dead_letter_queue_url = sqs.create_queue(QueueName=s.dead_letter_queue)["QueueUrl"]
+            dead_letter_arn = sqs.get_queue_attributes(
+                QueueUrl=self.dead_letter_queue_url, AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
+            attributes["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(s.max_receive_count)}
+            )
+        return sqs.create_queue(QueueName=s.connector_queue, Attributes=attributes)["QueueUrl"]
 
     def stop(self) -> None:
         for part in (self.cresta, self.kvs, self.moto):
@@ -115,6 +148,7 @@ class LocalStack:
             "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
             "CONTACT_EVENTS_STREAM": self.settings.contact_events_stream,
             "CONNECTOR_QUEUE_URL": self.queue_url,
+            **({"CHECKPOINT_TABLE": self.settings.checkpoint_table} if self.settings.checkpoint_table else {}),
         }
 
     def cresta_environment(self) -> dict[str, str]:

@@ -24,9 +24,16 @@ log = logging.getLogger(__name__)
 #: consumers refresh it around the 45-minute GetMedia session limit.
 ENDPOINT_TTL_S = 45 * 60
 
-#: Errors after which the same request may succeed later (KVS throttling and limits).
+#: Errors after which the same request may succeed later: KVS throttling and limits, and
+#: a stale cached data endpoint (forgotten, so the retry asks GetDataEndpoint again).
+#: Server-side (5xx) errors are retryable too; anything else will not heal by waiting.
 RETRYABLE_ERROR_CODES = frozenset(
-    {"ClientLimitExceededException", "ConnectionLimitExceededException", "ThrottlingException"}
+    {
+        "ClientLimitExceededException",
+        "ConnectionLimitExceededException",
+        "ThrottlingException",
+        "InvalidEndpointException",
+    }
 )
 
 
@@ -99,7 +106,7 @@ class KvsMediaSource:
             code = exc.response["Error"]["Code"]
             if code in ("InvalidEndpointException", "NotAuthorizedException"):
                 self.forget_endpoint(stream_arn)
-            raise MediaSourceError(code, str(exc), code in RETRYABLE_ERROR_CODES) from exc
+            raise _media_source_error(exc) from exc
         except BotoCoreError as exc:
             raise MediaSourceError(type(exc).__name__, str(exc), retryable=True) from exc
         return self._read(response["Payload"])
@@ -123,8 +130,7 @@ class KvsMediaSource:
             response = self._control.get_data_endpoint(StreamARN=stream_arn, APIName="GET_MEDIA")
             endpoint = response["DataEndpoint"]
         except ClientError as exc:
-            code = exc.response["Error"]["Code"]
-            raise MediaSourceError(code, str(exc), code in RETRYABLE_ERROR_CODES) from exc
+            raise _media_source_error(exc) from exc
         except BotoCoreError as exc:
             raise MediaSourceError(type(exc).__name__, str(exc), retryable=True) from exc
         with self._lock:
@@ -148,3 +154,9 @@ class KvsMediaSource:
                 )
                 self._media_clients[url] = client
             return client
+
+
+def _media_source_error(exc: ClientError) -> MediaSourceError:
+    code = exc.response["Error"]["Code"]
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return MediaSourceError(code, str(exc), code in RETRYABLE_ERROR_CODES or status >= 500)

@@ -1,9 +1,9 @@
 """The KVS connector worker: contacts from SQS in, AudioFrame records on KDS out.
 
-``read_contact`` reads one contact: GetMedia (one connection, both tracks) → streaming
-MKV parser → ``ConnectContactStream`` → ``publish`` every frame (partition key =
-ContactId), then the END record with the totals. ``ConnectorWorker`` takes contacts
-from the work queue and runs ``read_contact`` for each in its own thread.
+``read_contact`` reads one contact: GetMedia (one connection at a time, both tracks in
+it) → streaming MKV parser → ``ConnectContactStream`` → ``publish`` every frame
+(partition key = ContactId), then the END record with the totals. ``ConnectorWorker``
+takes contacts from the work queue and runs ``read_contact`` for each in its own thread.
 
 Where reading starts. The StartSelector documentation says ``FRAGMENT_NUMBER`` starts
 "with the chunk after" ``AfterFragmentNumber``, and readers that pass Connect's
@@ -13,14 +13,65 @@ sources). So when the work item has Connect's StartTimestamp the worker asks for
 timestamp" — which includes the first fragment; any earlier fragment that comes with it
 is dropped by ``ConnectContactStream`` (below the StartFragmentNumber, or another
 contact's). Without a timestamp it falls back to ``FRAGMENT_NUMBER`` and logs that the
-first fragment may be missing.
+first fragment may be missing. A contact with a checkpoint (see ``checkpoints.py``)
+resumes instead with ``CONTINUATION_TOKEN``.
 
-Failure policy. A stream that cannot be read correctly (corrupt MKV, an error reported
-inside the stream, a stream that is not there) ends the contact with an END record
-whose reason says why; the message is deleted. A failure that may pass (throttling, a
-dropped connection, shutdown) publishes no END and hands the message back to the queue,
-so the contact is read again from its start; duplicates are dropped downstream by the
-frames' unique key.
+Publishing whole fragments. A fragment's frames are published when the fragment has
+been read to its end: its ``AWS_KINESISVIDEO_CONTINUATION_TOKEN`` tag, which KVS writes
+as a fragment's last element, the next fragment's EBML header, or the clean end of the
+response. That adds no latency worth the name — Connect writes the ContactId tag after
+the Cluster, so a fragment's frames wait for its trailing tags anyway — and it means a
+fragment cut off by a broken connection is never published in part: the next
+connection reads it again, whole.
+
+Checkpoints. With a checkpoint store, a contact's progress (last fragment, continuation
+token, per-track totals) is written after ``flush`` has confirmed that KDS holds every
+frame it covers — never before — at most every ``checkpoint_interval_s`` while audio
+flows, and always when a connection ends, when the contact is handed back, and when it
+ends (then marked completed, so a duplicate delivery of the work item is dropped). A
+crash therefore replays at most the frames published since the last checkpoint; they
+carry the same unique keys and are dropped downstream.
+
+Reconnecting. One contact may need many GetMedia connections: KVS ends a session after
+about 45 minutes, connections break, and a body ends about 3 s after the newest fragment
+once the reader has caught up with a live producer. Each new connection starts after
+the last continuation token read (the original selector if there is none yet), with a
+fresh parser and stream state; frame indexes are per fragment, so they need no carrying
+over, and totals continue from what this read (and the checkpoint) published. Frames of
+a fragment already published are never published again.
+
+When a contact is over. A body that ends cannot say whether the call did: a caught-up
+reader of a live call and a reader of a call that hung up see the same thing. Connect
+says it in the stream in two ways, and the worker ends the contact on either: a fragment
+tagged with another ContactId (Connect reuses the stream for the next contact), or no
+new data for ``max_idle_s`` (default 10 s) while it keeps reconnecting. Connect streams
+audio continuously while media streaming is on — silence is audio too — so several
+seconds without a fragment mean the call or its streaming has stopped; KVS's own ~3 s
+end of body is too short to ride out a producer's hiccup and would end the contact
+early. The cost: the END record comes ``max_idle_s`` after the last audio, unless the
+stream's next contact starts first. (The exact signal, Connect's DISCONNECTED event,
+reaches the contact-events stream but not the worker.)
+
+Failure policy.
+
+- Throttling and limits (``ConnectionLimitExceededException``,
+  ``ClientLimitExceededException``, throttling), broken connections and network errors:
+  reconnect after an exponential backoff with jitter; after ``max_failed_connects``
+  failures in a row the contact is handed back to the queue (after a checkpoint).
+- ``ResourceNotFoundException``, ``NotAuthorizedException`` and every other error that
+  waiting will not cure, corrupt MKV, an error reported inside the stream: an END record
+  whose reason says why (``stream_not_found``, ``not_authorized``, ``get_media_failed``,
+  ``corrupt_stream``, ``kvs_error``); the message is deleted. No other contact is
+  affected.
+- The producer fails: handed back without a new checkpoint.
+- A checkpoint write is refused as stale: another worker has taken the contact over (its
+  message came back to the queue while this one was stuck); this read stops publishing
+  and leaves the message alone.
+- Shutdown (``stop``): reads stop at the next chunk, drop the fragment in progress,
+  checkpoint what is published and hand their messages back for immediate redelivery.
+
+A handed-back message is visible again after ``retry_delay_s``; SQS moves a message that
+keeps coming back to the dead-letter queue (RedrivePolicy ``maxReceiveCount``).
 """
 
 from __future__ import annotations
@@ -28,11 +79,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -40,10 +93,22 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connectors.kinesis.producer import KinesisRecordProducer
+from connectors.kvs.checkpoints import (
+    CheckpointError,
+    CheckpointStore,
+    ContactCheckpoint,
+    DynamoDbCheckpointStore,
+    StaleCheckpointError,
+)
 from connectors.kvs.media import KvsMediaSource, MediaSource, MediaSourceError
-from pipeline.connect_stream import ConnectContactStream, EndReason
-from pipeline.mkv import MkvError, MkvStreamParser
-from pipeline.records import AudioEnd, AudioFrame, ContactWork, RecordError
+from pipeline.connect_stream import (
+    TAG_CONTINUATION_TOKEN,
+    TAG_FRAGMENT_NUMBER,
+    ConnectContactStream,
+    EndReason,
+)
+from pipeline.mkv import EbmlHeader, MkvError, MkvEvent, MkvStreamParser, Tag
+from pipeline.records import AudioEnd, AudioFrame, ContactWork, RecordError, Track
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +118,91 @@ ENV_DEFAULT_REGION = "AWS_DEFAULT_REGION"
 ENV_QUEUE_URL = "CONNECTOR_QUEUE_URL"
 ENV_FRAMES_STREAM = "AUDIO_FRAMES_STREAM"
 ENV_KVS_MEDIA_ENDPOINT = "KVS_MEDIA_ENDPOINT"
+ENV_CHECKPOINT_TABLE = "CHECKPOINT_TABLE"
+ENV_MAX_IDLE_S = "CONNECTOR_MAX_IDLE_S"
 DEFAULT_FRAMES_STREAM = "audio-frames"
 DEFAULT_REGION = "us-east-1"
 
+#: See "When a contact is over" above.
+DEFAULT_MAX_IDLE_S = 10.0
+#: One DynamoDB write per contact per 5 s while audio flows; a crash replays at most
+#: about that much audio (deduplicated downstream).
+DEFAULT_CHECKPOINT_INTERVAL_S = 5.0
+
 #: Reasons of contacts that ended without a usable stream (in END records and logs).
 REASON_GET_MEDIA_FAILED = "get_media_failed"
+REASON_STREAM_NOT_FOUND = "stream_not_found"
+REASON_NOT_AUTHORIZED = "not_authorized"
 REASON_BAD_RECORD = "bad_record"
 #: Reasons of reads handed back to the queue (no END published).
 REASON_PUBLISH_FAILED = "publish_failed"
 REASON_STOPPED = "stopped"
+REASON_CHECKPOINT_UNAVAILABLE = "checkpoint_unavailable"
+#: Reads that publish nothing and leave the message to someone else: a duplicate
+#: delivery of a finished contact (deleted), a contact another reader took over (left).
+REASON_ALREADY_COMPLETED = "already_completed"
+REASON_SUPERSEDED = "superseded"
+
+_END_REASONS_BY_ERROR_CODE = {
+    "ResourceNotFoundException": REASON_STREAM_NOT_FOUND,
+    "NotAuthorizedException": REASON_NOT_AUTHORIZED,
+}
+#: Fed to the contact stream at a continuation token: the fragment is complete, so the
+#: stream settles it (releases frames it still holds) exactly as at the next fragment.
+_FRAGMENT_BOUNDARY = EbmlHeader(doc_type="matroska")
 
 Publish = Callable[[bytes, str], None]
+Flush = Callable[[], None]
 
 
 class Producer(Protocol):
     def put(self, data: bytes, partition_key: str) -> None: ...
 
     def flush(self, timeout_s: float | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """How contacts are read.
+
+    Parameters
+    ----------
+    max_idle_s:
+        A contact whose stream brought no new data for this long is over (see the
+        module's "When a contact is over"). Effectively at least KVS's ~3 s end of body.
+    checkpoint_interval_s:
+        While audio flows, at most one checkpoint per contact this often; 0 writes one
+        after every fragment.
+    retry_initial_s, retry_max_s:
+        Backoff before reconnecting after a failure: doubles from ``retry_initial_s`` up
+        to ``retry_max_s``, each wait drawn from its upper half (jitter). An empty
+        connection is followed by one ``retry_initial_s`` wait, which keeps a reader
+        under GetMedia's 5 calls per second per stream.
+    max_failed_connects:
+        Failures in a row with no data in between (GetMedia refused, connections
+        broken) after which the contact is handed back to the queue.
+    flush_timeout_s:
+        How long a checkpoint waits for the producer to confirm the frames it covers.
+    """
+
+    max_idle_s: float = DEFAULT_MAX_IDLE_S
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    max_failed_connects: int = 8
+    flush_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_idle_s", "checkpoint_interval_s", "retry_initial_s", "retry_max_s", "max_failed_connects"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.flush_timeout_s <= 0:
+            raise ValueError("flush_timeout_s must be positive")
+
+    def backoff_s(self, failures: int) -> float:
+        """The wait before the next attempt after ``failures`` failures in a row."""
+        ceiling = min(self.retry_max_s, self.retry_initial_s * 2 ** max(failures - 1, 0))
+        return random.uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True)
@@ -87,6 +220,7 @@ class ContactReadResult:
     detail: str = ""
     last_fragment_number: str = ""
     continuation_token: str = ""
+    connections: int = 0
 
 
 def start_selector_for(work: ContactWork) -> dict[str, Any]:
@@ -105,103 +239,460 @@ def read_contact(
     publish: Publish,
     *,
     stop: threading.Event | None = None,
+    flush: Flush | None = None,
+    checkpoint_store: CheckpointStore | None = None,
+    settings: ReadSettings | None = None,
 ) -> ContactReadResult:
-    """Read one contact's audio from KVS and publish it; never raises for bad input."""
-    return _ContactRead(work, publish).run(media_source, stop)
+    """Read one contact's audio from KVS and publish it; never raises for bad input.
+
+    ``flush`` must return only when every record published so far is in the stream; it
+    is required with a ``checkpoint_store``.
+    """
+    if checkpoint_store is not None and flush is None:
+        raise ValueError("checkpoints need a flush that confirms what was published")
+    return _ContactRead(
+        work,
+        publish,
+        flush=flush,
+        checkpoint_store=checkpoint_store,
+        settings=settings or ReadSettings(),
+        stop=stop or threading.Event(),
+    ).run(media_source)
+
+
+def _is_fragment_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+@dataclass
+class _Progress:
+    """What has been published for the contact: by this read, and before it (checkpoint)."""
+
+    frames: dict[Track, int] = field(default_factory=lambda: {track: 0 for track in Track})
+    samples: dict[Track, int] = field(default_factory=lambda: {track: 0 for track in Track})
+    last_fragment_number: str = ""
+    #: Resumes right after ``last_fragment_number`` (empty until one is known).
+    continuation_token: str = ""
+    last_audio_end_ms: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: ContactCheckpoint) -> "_Progress":
+        return cls(
+            frames={track: checkpoint.frames.get(track, 0) for track in Track},
+            samples={track: checkpoint.samples.get(track, 0) for track in Track},
+            last_fragment_number=checkpoint.last_fragment_number,
+            continuation_token=checkpoint.continuation_token,
+            last_audio_end_ms=checkpoint.last_audio_end_ms,
+        )
+
+    def covers(self, fragment_number: str) -> bool:
+        """Whether a fragment was published already (fragment numbers grow)."""
+        return (
+            _is_fragment_number(fragment_number)
+            and _is_fragment_number(self.last_fragment_number)
+            and int(fragment_number) <= int(self.last_fragment_number)
+        )
+
+    def add(self, frame: AudioFrame) -> None:
+        self.frames[frame.track] += 1
+        self.samples[frame.track] += frame.sample_count
+        self.last_audio_end_ms = max(
+            self.last_audio_end_ms,
+            frame.producer_timestamp_ms + frame.sample_count * 1000 // frame.sample_rate,
+        )
+
+    def advance_to(self, fragment_number: str) -> None:
+        if _is_fragment_number(fragment_number) and not self.covers(fragment_number):
+            self.last_fragment_number = fragment_number
+
+    def state(self) -> tuple:
+        """Everything a checkpoint records, to tell whether a new one is due."""
+        return (
+            self.last_fragment_number,
+            self.continuation_token,
+            tuple(self.frames.values()),
+            tuple(self.samples.values()),
+        )
+
+    def checkpoint(
+        self, contact_id: str, reader_id: str, *, completed: bool = False, end_reason: str = ""
+    ) -> ContactCheckpoint:
+        return ContactCheckpoint(
+            contact_id=contact_id,
+            last_fragment_number=self.last_fragment_number,
+            continuation_token=self.continuation_token,
+            frames=dict(self.frames),
+            samples=dict(self.samples),
+            last_audio_end_ms=self.last_audio_end_ms,
+            updated_at_ms=int(time.time() * 1000),
+            reader_id=reader_id,
+            completed=completed,
+            end_reason=end_reason,
+        )
+
+    def end_record(self, contact_id: str, reason: str) -> AudioEnd:
+        return AudioEnd(
+            contact_id=contact_id,
+            last_fragment_number=self.last_fragment_number,
+            producer_timestamp_ms=self.last_audio_end_ms,
+            customer_samples=self.samples[Track.CUSTOMER],
+            agent_samples=self.samples[Track.AGENT],
+            customer_frames=self.frames[Track.CUSTOMER],
+            agent_frames=self.frames[Track.AGENT],
+            reason=reason,
+        )
+
+
+@dataclass
+class _Connection:
+    """How one GetMedia response went."""
+
+    received_data: bool = False
+    last_data_at: float = 0.0
+    error: MediaSourceError | None = None
 
 
 class _ContactRead:
-    """One call of ``read_contact``: the contact's stream state and what was published."""
+    """One call of ``read_contact``: its connections, what it published, its checkpoints."""
 
-    def __init__(self, work: ContactWork, publish: Publish) -> None:
+    def __init__(
+        self,
+        work: ContactWork,
+        publish: Publish,
+        *,
+        flush: Flush | None,
+        checkpoint_store: CheckpointStore | None,
+        settings: ReadSettings,
+        stop: threading.Event,
+    ) -> None:
         self.work = work
         self.contact_id = work.contact_id
         self.publish = publish
-        self.stream = ConnectContactStream(work.contact_id, start_fragment_number=work.start_fragment_number)
+        self.flush = flush
+        self.checkpoints = checkpoint_store
+        self.settings = settings
+        self.stop = stop
+        #: Names this read in its checkpoints, so two readers of one contact cannot
+        #: both advance it.
+        self.reader_id = uuid.uuid4().hex
+        self.progress = _Progress()
+        #: Where the next connection starts: the token of the newest fragment read,
+        #: this contact's or one skipped before its start.
+        self.resume_token = ""
         self.published = 0
+        self.connections = 0
+        self.saved_state: tuple | None = None
+        self.saved_at = time.monotonic()
+        self.stream = self.new_stream()
+        self.pending: list[AudioFrame] = []
+        self.fragment_number = ""
+        self.skipped_fragments = 0
+        self.discarded_fragments = 0
+        self.unknown_track_frames: dict[str, int] = {}
 
-    def run(self, media_source: MediaSource, stop: threading.Event | None) -> ContactReadResult:
-        selector = start_selector_for(self.work)
-        if selector["StartSelectorType"] == "FRAGMENT_NUMBER":
-            log.warning(
-                "no start timestamp, reading after the start fragment; its audio may be missing "
-                "contact_id=%s fragment=%s", self.contact_id, self.work.start_fragment_number,
-            )
-        log.info(
-            "contact read starting contact_id=%s stream=%s selector=%s",
-            self.contact_id, self.work.stream_arn, selector["StartSelectorType"],
-        )
+    def run(self, media_source: MediaSource) -> ContactReadResult:
         try:
-            try:
-                chunks = media_source.open(self.work.stream_arn, selector)
-            except MediaSourceError as exc:
-                if exc.retryable:
-                    return self.give_back(REASON_GET_MEDIA_FAILED, str(exc))
-                return self.finish(REASON_GET_MEDIA_FAILED, str(exc))
-            return self.pump(chunks, stop)
+            done = self.resume()
+            if done is not None:
+                return done
+            return self.read(media_source)
         except RecordError as exc:
             # Only a contact whose id cannot be written into a record gets here.
             log.error("contact cannot be encoded contact_id=%r: %s", self.contact_id, exc)
             return self.result(REASON_BAD_RECORD, None, detail=str(exc))
+        except StaleCheckpointError as exc:
+            log.warning(
+                "contact taken over by another reader, stopping contact_id=%s frames=%d: %s",
+                self.contact_id, self.published, exc,
+            )
+            return self.result(REASON_SUPERSEDED, None, detail=str(exc))
         except Exception as exc:
             # The publisher failed (e.g. the producer is down): nothing more can be sent now.
             log.exception("contact read failed contact_id=%s", self.contact_id)
             return self.result(REASON_PUBLISH_FAILED, None, retryable=True, detail=str(exc))
 
-    def pump(self, chunks: Iterator[bytes], stop: threading.Event | None) -> ContactReadResult:
-        stream = self.stream
+    def resume(self) -> ContactReadResult | None:
+        """Pick up the contact's checkpoint; a result if there is nothing to read."""
+        if self.checkpoints is None:
+            return None
+        try:
+            checkpoint = self.checkpoints.get(self.contact_id)
+        except CheckpointError as exc:
+            # Reading from the start instead would publish everything again.
+            return self.give_back(REASON_CHECKPOINT_UNAVAILABLE, str(exc), save=False)
+        if checkpoint is None:
+            return None
+        if checkpoint.completed:
+            log.info(
+                "contact already completed, dropping the repeated work item contact_id=%s end_reason=%s",
+                self.contact_id, checkpoint.end_reason,
+            )
+            return self.result(REASON_ALREADY_COMPLETED, None)
+        self.progress = _Progress.from_checkpoint(checkpoint)
+        self.resume_token = checkpoint.continuation_token
+        try:
+            # This read owns the contact from here; a reader still at this fragment
+            # (the one whose message lapsed) can no longer write it.
+            self.checkpoints.put(self.progress.checkpoint(self.contact_id, self.reader_id), take_over=True)
+        except StaleCheckpointError:
+            raise
+        except CheckpointError as exc:
+            return self.give_back(REASON_CHECKPOINT_UNAVAILABLE, str(exc), save=False)
+        self.saved_state = self.progress.state()
+        log.info(
+            "contact resuming from checkpoint contact_id=%s after_fragment=%s customer_frames=%d agent_frames=%d",
+            self.contact_id, checkpoint.last_fragment_number or "-",
+            self.progress.frames[Track.CUSTOMER], self.progress.frames[Track.AGENT],
+        )
+        return None
+
+    # -- connections -------------------------------------------------------------------
+
+    def read(self, media_source: MediaSource) -> ContactReadResult:
+        settings = self.settings
+        failures = 0
+        last_data_at = time.monotonic()
+        while True:
+            if self.stop.is_set():
+                return self.give_back(REASON_STOPPED, "worker is shutting down")
+            selector = self.selector()
+            log.info(
+                "GetMedia connecting contact_id=%s stream=%s selector=%s connection=%d",
+                self.contact_id, self.work.stream_arn, selector["StartSelectorType"], self.connections + 1,
+            )
+            try:
+                chunks = media_source.open(self.work.stream_arn, selector)
+            except MediaSourceError as exc:
+                if not exc.retryable:
+                    return self.finish(_END_REASONS_BY_ERROR_CODE.get(exc.code, REASON_GET_MEDIA_FAILED), str(exc))
+                failures += 1
+                if failures > settings.max_failed_connects:
+                    return self.give_back(REASON_GET_MEDIA_FAILED, str(exc))
+                self.back_off(failures, exc)
+                continue
+            self.connections += 1
+            connection = self.read_connection(chunks)
+            if self.stream.ended:
+                return self.finish(self.stream.end_reason, self.stream_detail())
+            self.save(force=True)
+            if connection.received_data:
+                last_data_at = connection.last_data_at
+                failures = 0
+            if connection.error is not None:
+                failures += 1
+                if failures > settings.max_failed_connects:
+                    return self.give_back(connection.error.code, str(connection.error))
+                self.back_off(failures, connection.error)
+                continue
+            if self.stop.is_set():
+                continue
+            idle_s = time.monotonic() - last_data_at
+            if idle_s >= settings.max_idle_s:
+                log.info("contact stream idle, ending contact_id=%s idle_s=%.1f", self.contact_id, idle_s)
+                return self.finish(EndReason.STREAM_ENDED)
+            if not connection.received_data:
+                self.stop.wait(min(settings.retry_initial_s, settings.max_idle_s - idle_s))
+
+    def selector(self) -> dict[str, Any]:
+        if self.resume_token:
+            return {"StartSelectorType": "CONTINUATION_TOKEN", "ContinuationToken": self.resume_token}
+        selector = start_selector_for(self.work)
+        if self.connections == 0 and selector["StartSelectorType"] == "FRAGMENT_NUMBER":
+            log.warning(
+                "no start timestamp, reading after the start fragment; its audio may be missing "
+                "contact_id=%s fragment=%s", self.contact_id, self.work.start_fragment_number,
+            )
+        return selector
+
+    def back_off(self, failures: int, error: MediaSourceError) -> None:
+        delay_s = self.settings.backoff_s(failures)
+        log.warning(
+            "GetMedia failed, retrying contact_id=%s code=%s attempt=%d delay_s=%.2f",
+            self.contact_id, error.code, failures, delay_s,
+        )
+        self.stop.wait(delay_s)
+
+    def new_stream(self) -> ConnectContactStream:
+        # Once the contact's audio has begun, its last fragment is a start number: a
+        # fragment of another contact after it ends the contact instead of being skipped.
+        return ConnectContactStream(
+            self.contact_id,
+            start_fragment_number=self.progress.last_fragment_number or self.work.start_fragment_number,
+        )
+
+    def read_connection(self, chunks: Iterator[bytes]) -> _Connection:
+        """Read one GetMedia response; whole fragments are published as they complete."""
+        stream = self.stream = self.new_stream()
         parser = MkvStreamParser()
+        self.pending = []
+        self.fragment_number = ""
+        connection = _Connection()
         try:
             for chunk in chunks:
-                self.emit(stream.feed(parser.feed(chunk)))
-                if stream.ended:
+                connection.received_data = True
+                connection.last_data_at = time.monotonic()
+                self.feed(stream, parser.feed(chunk))
+                if stream.ended or self.stop.is_set():
                     break
-                if stop is not None and stop.is_set():
-                    return self.give_back(REASON_STOPPED, "worker is shutting down")
             else:
-                self.emit(stream.feed(parser.close()))
-                self.emit(stream.close())
+                connection.error = self.end_of_response(stream, parser)
         except MkvError as exc:
             stream.fail(EndReason.CORRUPT_STREAM, str(exc))
         except MediaSourceError as exc:
-            return self.give_back(exc.code, str(exc))
+            connection.error = exc
+            log.warning(
+                "GetMedia connection broken contact_id=%s code=%s: %s", self.contact_id, exc.code, exc
+            )
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
-        if not stream.ended:
-            return self.finish(EndReason.STREAM_ENDED)
-        detail = stream.error_detail
-        if stream.error is not None:
-            detail = f"GetMedia error {stream.error.error_id} {stream.error.code}"
-        return self.finish(stream.end_reason, detail)
+            self.count(stream)
+        if stream.ended:
+            # The stream released these frames after seeing their fragment's ContactId,
+            # so they are this contact's, and nothing of the contact follows them.
+            self.publish_frames(self.pending)
+        self.pending = []
+        return connection
 
-    def emit(self, frames: list[AudioFrame]) -> None:
+    def end_of_response(self, stream: ConnectContactStream, parser: MkvStreamParser) -> MediaSourceError | None:
+        """Settle the last fragment; an error if the body stopped inside one."""
+        try:
+            self.feed(stream, parser.close())
+        except MkvError as exc:
+            # A truncated response, not a corrupt stream: the connection broke and the
+            # next one reads the unfinished fragment again.
+            log.warning("GetMedia response ended inside a fragment contact_id=%s: %s", self.contact_id, exc)
+            return MediaSourceError("truncated_response", str(exc), retryable=True)
+        if not stream.ended:
+            self.pending += stream.close()
+            self.settle(stream)
+        return None
+
+    def feed(self, stream: ConnectContactStream, events: Iterable[MkvEvent]) -> None:
+        for event in events:
+            self.pending += stream.feed((event,))
+            if isinstance(event, EbmlHeader):
+                # The stream has settled the previous fragment.
+                self.settle(stream)
+            elif isinstance(event, Tag):
+                if event.name == TAG_FRAGMENT_NUMBER:
+                    self.fragment_number = event.value
+                elif event.name == TAG_CONTINUATION_TOKEN:
+                    self.pending += stream.feed((_FRAGMENT_BOUNDARY,))
+                    self.settle(stream, token=event.value)
+            if stream.ended:
+                return
+
+    def settle(self, stream: ConnectContactStream, token: str = "") -> None:
+        """The fragment being read is complete: publish its frames, note the token."""
+        frames, self.pending = self.pending, []
+        number, self.fragment_number = self.fragment_number, ""
+        self.publish_frames(frames)
+        if number and stream.last_fragment_number == number:
+            # This contact's fragment, with or without audio.
+            self.progress.advance_to(number)
+        if token:
+            self.resume_token = token
+            if number and number == self.progress.last_fragment_number:
+                self.progress.continuation_token = token
+        self.save()
+
+    def publish_frames(self, frames: list[AudioFrame]) -> None:
+        newest = ""
         for frame in frames:
+            if self.progress.covers(frame.fragment_number):
+                continue
             self.publish(frame.encode(), self.contact_id)
             self.published += 1
+            self.progress.add(frame)
+            newest = frame.fragment_number
+        self.progress.advance_to(newest)
+
+    def count(self, stream: ConnectContactStream) -> None:
+        self.skipped_fragments += stream.skipped_fragments
+        self.discarded_fragments += stream.discarded_fragments
+        for name, frames in stream.unknown_track_frames.items():
+            self.unknown_track_frames[name] = self.unknown_track_frames.get(name, 0) + frames
+
+    def stream_detail(self) -> str:
+        stream = self.stream
+        if stream.error is not None:
+            return f"GetMedia error {stream.error.error_id} {stream.error.code}"
+        return stream.error_detail
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def save(self, *, force: bool = False, claim: bool = False) -> None:
+        """Checkpoint what is published, once KDS has it.
+
+        Due when the progress changed and, unless ``force``, ``checkpoint_interval_s``
+        has passed. ``claim`` writes even without progress, to prove this read still owns
+        the contact (raises ``StaleCheckpointError`` if not).
+        """
+        if self.checkpoints is None or not self.progress.continuation_token:
+            return
+        state = self.progress.state()
+        if state == self.saved_state and not claim:
+            return
+        if not (force or claim) and time.monotonic() - self.saved_at < self.settings.checkpoint_interval_s:
+            return
+        self.flush()  # type: ignore[misc]  (read_contact requires it with checkpoints)
+        try:
+            self.checkpoints.put(self.progress.checkpoint(self.contact_id, self.reader_id))
+        except StaleCheckpointError:
+            raise
+        except CheckpointError as exc:
+            # The previous checkpoint stays valid; this one is tried again later.
+            log.warning("checkpoint not written contact_id=%s: %s", self.contact_id, exc)
+            return
+        self.saved_state = state
+        self.saved_at = time.monotonic()
+        log.debug(
+            "checkpoint written contact_id=%s fragment=%s", self.contact_id, self.progress.last_fragment_number
+        )
+
+    def save_completed(self, reason: str) -> None:
+        if self.checkpoints is None:
+            return
+        self.flush()  # type: ignore[misc]
+        try:
+            self.checkpoints.put(
+                self.progress.checkpoint(self.contact_id, self.reader_id, completed=True, end_reason=reason)
+            )
+        except CheckpointError as exc:
+            # A repeated delivery of the work item would read the tail again and send a
+            # second END, which downstream ignores.
+            log.warning("completed checkpoint not written contact_id=%s: %s", self.contact_id, exc)
+
+    # -- outcomes ----------------------------------------------------------------------
 
     def finish(self, reason: str, detail: str = "") -> ContactReadResult:
         """Publish the END record: this contact is done, for good or with a failure."""
-        stream = self.stream
-        end = stream.end(reason)
+        # A reader that lost the contact must not end it under the new owner.
+        self.save(claim=True)
+        end = self.progress.end_record(self.contact_id, reason)
         self.publish(end.encode(), self.contact_id)
+        self.save_completed(reason)
         normal = reason in (EndReason.CONTACT_CHANGED, EndReason.STREAM_ENDED)
         log.log(
             logging.INFO if normal else logging.WARNING,
             "contact read ended contact_id=%s reason=%s frames=%d customer_samples=%d agent_samples=%d "
-            "last_fragment=%s skipped_fragments=%d discarded_fragments=%d unknown_tracks=%s%s",
+            "last_fragment=%s connections=%d skipped_fragments=%d discarded_fragments=%d unknown_tracks=%s%s",
             self.contact_id, reason, self.published, end.customer_samples, end.agent_samples,
-            end.last_fragment_number or "-", stream.skipped_fragments, stream.discarded_fragments,
-            stream.unknown_track_frames or "-", f" detail={detail!r}" if detail else "",
+            end.last_fragment_number or "-", self.connections, self.skipped_fragments,
+            self.discarded_fragments, self.unknown_track_frames or "-",
+            f" detail={detail!r}" if detail else "",
         )
         return self.result(reason, end, detail=detail)
 
-    def give_back(self, reason: str, detail: str) -> ContactReadResult:
-        """No END: the contact goes back to the queue to be read again."""
+    def give_back(self, reason: str, detail: str, *, save: bool = True) -> ContactReadResult:
+        """No END: the contact goes back to the queue, to resume from its checkpoint."""
+        if save:
+            self.save(force=True)
         log.warning(
-            "contact read interrupted, will retry contact_id=%s reason=%s frames=%d detail=%r",
-            self.contact_id, reason, self.published, detail,
+            "contact read interrupted, will retry contact_id=%s reason=%s frames=%d last_fragment=%s detail=%r",
+            self.contact_id, reason, self.published, self.progress.last_fragment_number or "-", detail,
         )
         return self.result(reason, None, retryable=True, detail=detail)
 
@@ -215,8 +706,9 @@ class _ContactRead:
             end=end,
             retryable=retryable,
             detail=detail,
-            last_fragment_number=self.stream.last_fragment_number,
-            continuation_token=self.stream.continuation_token,
+            last_fragment_number=self.progress.last_fragment_number,
+            continuation_token=self.progress.continuation_token,
+            connections=self.connections,
         )
 
 
@@ -224,19 +716,33 @@ class _ContactRead:
 class _InFlight:
     work: ContactWork
     receipt_handle: str
-    thread: threading.Thread
     visible_until: float
+    thread: threading.Thread | None = None
+    #: Deleted, handed back or left to another reader: not to be extended any more.
+    settled: bool = False
 
 
 class ConnectorWorker:
     """Long-polls the work queue and reads each contact in a thread of its own.
+
+    A read's thread deletes or hands back its message as soon as it is done; calls that
+    change a message's state are serialised, so a visibility extension can never land
+    after the message was handed back.
 
     Parameters
     ----------
     visibility_timeout_s:
         Messages being read are kept invisible this long and extended while reading.
     retry_delay_s:
-        A contact handed back (retryable failure) reappears on the queue after this.
+        A contact handed back (retryable failure) reappears on the queue after this;
+        at shutdown it reappears at once.
+    shutdown_timeout_s:
+        How long ``run`` waits, once stopped, for reads to hand their contacts back.
+    checkpoint_store:
+        Where contacts' progress is kept; without one a contact handed back or
+        redelivered is read again from its start (duplicates are dropped downstream).
+    read_settings:
+        Idle limit, checkpoint interval and retry policy of the reads.
     """
 
     def __init__(
@@ -251,6 +757,8 @@ class ConnectorWorker:
         visibility_timeout_s: int = 60,
         retry_delay_s: int = 5,
         shutdown_timeout_s: float = 10.0,
+        checkpoint_store: CheckpointStore | None = None,
+        read_settings: ReadSettings | None = None,
     ) -> None:
         self._sqs = sqs_client
         self.queue_url = queue_url
@@ -261,15 +769,22 @@ class ConnectorWorker:
         self.visibility_timeout_s = visibility_timeout_s
         self.retry_delay_s = retry_delay_s
         self.shutdown_timeout_s = shutdown_timeout_s
+        self._checkpoints = checkpoint_store
+        self.read_settings = read_settings or ReadSettings()
         self._lock = threading.Lock()
+        self._message_lock = threading.Lock()
         self._in_flight: dict[str, _InFlight] = {}
         self.contacts_done = 0
         self.contacts_handed_back = 0
+        self.contacts_superseded = 0
         #: AudioFrame records published by finished reads (handed-back reads included).
         self.frames_published = 0
 
     def run(self, stop: threading.Event) -> None:
-        log.info("connector worker started queue=%s", self.queue_url)
+        log.info(
+            "connector worker started queue=%s checkpoints=%s max_idle_s=%g",
+            self.queue_url, "on" if self._checkpoints is not None else "off", self.read_settings.max_idle_s,
+        )
         while not stop.is_set():
             self._reap()
             self._extend_visibility()
@@ -283,6 +798,7 @@ class ConnectorWorker:
                     MaxNumberOfMessages=min(10, capacity),
                     WaitTimeSeconds=self.poll_wait_s,
                     VisibilityTimeout=self.visibility_timeout_s,
+                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
                 ).get("Messages", [])
             except (ClientError, BotoCoreError) as exc:
                 log.warning("receiving from the work queue failed: %s", exc)
@@ -302,74 +818,112 @@ class ConnectorWorker:
             log.error("dropping malformed work item message_id=%s: %s", message.get("MessageId"), exc)
             self._delete(receipt, contact_id="-")
             return
-        thread = threading.Thread(
-            target=self._read, args=(work, receipt, stop), name=f"contact-{work.contact_id}", daemon=True
+        log.info(
+            "contact received contact_id=%s receive_count=%s",
+            work.contact_id, message.get("Attributes", {}).get("ApproximateReceiveCount", "?"),
+        )
+        entry = _InFlight(work, receipt, time.monotonic() + self.visibility_timeout_s)
+        entry.thread = threading.Thread(
+            target=self._read, args=(entry, stop), name=f"contact-{work.contact_id}", daemon=True
         )
         with self._lock:
-            self._in_flight[receipt] = _InFlight(
-                work, receipt, thread, time.monotonic() + self.visibility_timeout_s
-            )
-        thread.start()
+            self._in_flight[receipt] = entry
+        entry.thread.start()
 
-    def _read(self, work: ContactWork, receipt: str, stop: threading.Event) -> None:
+    def _read(self, entry: _InFlight, stop: threading.Event) -> None:
+        work = entry.work
         try:
-            result = read_contact(work, self._media_source, self._producer.put, stop=stop)
+            result = read_contact(
+                work,
+                self._media_source,
+                self._producer.put,
+                stop=stop,
+                flush=self._flush,
+                checkpoint_store=self._checkpoints,
+                settings=self.read_settings,
+            )
+            if not result.retryable and result.reason != REASON_SUPERSEDED:
+                # The message goes only once everything it produced is in the stream.
+                self._flush()
+        except Exception as exc:
+            log.exception("contact thread failed contact_id=%s", work.contact_id)
+            result = ContactReadResult(work.contact_id, REASON_PUBLISH_FAILED, 0, None, retryable=True, detail=str(exc))
+        # At shutdown another worker should take the contact over at once: it is live.
+        self._settle(entry, result, hand_back_delay_s=0 if stop.is_set() else self.retry_delay_s)
+
+    def _flush(self) -> None:
+        self._producer.flush(self.read_settings.flush_timeout_s)
+
+    def _settle(self, entry: _InFlight, result: ContactReadResult | None, hand_back_delay_s: int) -> None:
+        """Delete the message, hand it back, or leave it to the reader that took it over."""
+        contact_id = entry.work.contact_id
+        with self._message_lock:
+            if entry.settled:
+                return
+            entry.settled = True
+            if result is None:
+                self._hand_back(entry.receipt_handle, contact_id, hand_back_delay_s)
+                return
             with self._lock:
                 self.frames_published += result.frames_published
-            if result.retryable:
-                self._hand_back(receipt, work.contact_id)
-                return
-            # The message goes only once everything it produced is in the stream.
-            self._producer.flush()
-            self._delete(receipt, work.contact_id)
-            with self._lock:
-                self.contacts_done += 1
-        except Exception:
-            log.exception("contact thread failed contact_id=%s", work.contact_id)
-            self._hand_back(receipt, work.contact_id)
+            if result.reason == REASON_SUPERSEDED:
+                with self._lock:
+                    self.contacts_superseded += 1
+            elif result.retryable:
+                self._hand_back(entry.receipt_handle, contact_id, hand_back_delay_s)
+            else:
+                self._delete(entry.receipt_handle, contact_id)
+                with self._lock:
+                    self.contacts_done += 1
 
     def _reap(self) -> None:
         with self._lock:
-            for receipt, entry in list(self._in_flight.items()):
-                if not entry.thread.is_alive():
-                    del self._in_flight[receipt]
+            finished = [e for e in self._in_flight.values() if e.thread is not None and not e.thread.is_alive()]
+            for entry in finished:
+                del self._in_flight[entry.receipt_handle]
+        for entry in finished:
+            # A thread that died without settling (not an Exception) gives its contact back.
+            self._settle(entry, None, self.retry_delay_s)
 
     def _in_flight_count(self) -> int:
         with self._lock:
             return len(self._in_flight)
 
     def _extend_visibility(self) -> None:
-        # Extend when a third of the timeout is left, in batches of 10 (the API's limit).
+        # Extend when a third of the timeout is left, or sooner if the next chance may
+        # come too late (a long poll blocks this thread), in batches of 10 (the API's limit).
         now = time.monotonic()
+        margin_s = max(self.visibility_timeout_s / 3, self.poll_wait_s + 1)
         with self._lock:
-            due = [
-                entry
-                for entry in self._in_flight.values()
-                if entry.visible_until - now < self.visibility_timeout_s / 3
-            ]
+            due = [entry for entry in self._in_flight.values() if entry.visible_until - now < margin_s]
         for start in range(0, len(due), 10):
-            group = due[start : start + 10]
-            try:
-                response = self._sqs.change_message_visibility_batch(
-                    QueueUrl=self.queue_url,
-                    Entries=[
-                        {
-                            "Id": str(i),
-                            "ReceiptHandle": entry.receipt_handle,
-                            "VisibilityTimeout": self.visibility_timeout_s,
-                        }
-                        for i, entry in enumerate(group)
-                    ],
-                )
-            except (ClientError, BotoCoreError) as exc:
-                log.warning("extending message visibility failed: %s", exc)
-                continue
-            failed = {int(f["Id"]) for f in response.get("Failed", [])}
-            for i, entry in enumerate(group):
-                if i in failed:
-                    log.warning("visibility not extended contact_id=%s", entry.work.contact_id)
-                else:
-                    entry.visible_until = now + self.visibility_timeout_s
+            with self._message_lock:
+                group = [entry for entry in due[start : start + 10] if not entry.settled]
+                if group:
+                    self._extend_group(group, now)
+
+    def _extend_group(self, group: list[_InFlight], now: float) -> None:
+        try:
+            response = self._sqs.change_message_visibility_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {
+                        "Id": str(i),
+                        "ReceiptHandle": entry.receipt_handle,
+                        "VisibilityTimeout": self.visibility_timeout_s,
+                    }
+                    for i, entry in enumerate(group)
+                ],
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("extending message visibility failed: %s", exc)
+            return
+        failed = {int(f["Id"]) for f in response.get("Failed", [])}
+        for i, entry in enumerate(group):
+            if i in failed:
+                log.warning("visibility not extended contact_id=%s", entry.work.contact_id)
+            else:
+                entry.visible_until = now + self.visibility_timeout_s
 
     def _delete(self, receipt: str, contact_id: str) -> None:
         try:
@@ -377,24 +931,33 @@ class ConnectorWorker:
         except (ClientError, BotoCoreError) as exc:
             log.warning("deleting the work item failed contact_id=%s: %s", contact_id, exc)
 
-    def _hand_back(self, receipt: str, contact_id: str) -> None:
+    def _hand_back(self, receipt: str, contact_id: str, delay_s: int) -> None:
         with self._lock:
             self.contacts_handed_back += 1
         try:
             self._sqs.change_message_visibility(
-                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.retry_delay_s
+                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=delay_s
             )
         except (ClientError, BotoCoreError) as exc:
             log.warning("handing the work item back failed contact_id=%s: %s", contact_id, exc)
 
     def _shut_down(self) -> None:
         deadline = time.monotonic() + self.shutdown_timeout_s
-        with self._lock:
-            threads = [entry.thread for entry in self._in_flight.values()]
-        for thread in threads:
-            thread.join(max(deadline - time.monotonic(), 0))
+        while time.monotonic() < deadline:
+            self._reap()
+            with self._lock:
+                alive = [entry.thread for entry in self._in_flight.values() if entry.thread is not None]
+            if not alive:
+                break
+            self._extend_visibility()
+            alive[0].join(min(0.1, max(deadline - time.monotonic(), 0)))
         self._reap()
-        log.info("connector worker stopped; %d contacts still being read", self._in_flight_count())
+        with self._lock:
+            left = [entry.work.contact_id for entry in self._in_flight.values()]
+        log.info(
+            "connector worker stopped; %d contacts still being read%s",
+            len(left), f" contact_ids={','.join(left)}" if left else "",
+        )
 
 
 # -- CLI ---------------------------------------------------------------------------------
@@ -403,6 +966,7 @@ class ConnectorWorker:
 def main(argv: list[str] | None = None) -> int:
     """``cresta-pipeline connector run``: read contacts until SIGTERM/SIGINT."""
     env = os.environ
+    defaults = ReadSettings()
     parser = argparse.ArgumentParser(
         prog="cresta-pipeline connector run", description="KVS connector worker: contacts from SQS to KDS"
     )
@@ -418,17 +982,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kvs-media-endpoint", default=env.get(ENV_KVS_MEDIA_ENDPOINT),
                         help="GetMedia endpoint replacing GetDataEndpoint's answer "
                              f"(env {ENV_KVS_MEDIA_ENDPOINT})")
+    parser.add_argument("--checkpoint-table", default=env.get(ENV_CHECKPOINT_TABLE),
+                        help="DynamoDB table of contact checkpoints; without it a contact that comes back "
+                             f"to the queue is read again from its start (env {ENV_CHECKPOINT_TABLE})")
+    parser.add_argument("--max-idle-s", type=float,
+                        default=float(env.get(ENV_MAX_IDLE_S) or defaults.max_idle_s),
+                        help="a contact whose stream brings no new data this long is over "
+                             f"(env {ENV_MAX_IDLE_S}; default %(default)s)")
+    parser.add_argument("--checkpoint-interval-s", type=float, default=defaults.checkpoint_interval_s,
+                        help="at most one checkpoint per contact this often while audio flows; "
+                             "0: after every fragment (default %(default)s)")
+    parser.add_argument("--visibility-timeout-s", type=int, default=60,
+                        help="work items being read stay invisible this long, extended while reading "
+                             "(default %(default)s)")
     parser.add_argument("--max-concurrent-contacts", type=int, default=200)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.queue_url:
         parser.error(f"--queue-url (or {ENV_QUEUE_URL}) is required")
+    try:
+        settings = ReadSettings(max_idle_s=args.max_idle_s, checkpoint_interval_s=args.checkpoint_interval_s)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     session = boto3.session.Session(region_name=args.region)
     sqs = session.client("sqs", endpoint_url=args.endpoint_url)
     kinesis = session.client("kinesis", endpoint_url=args.endpoint_url)
     kinesisvideo = session.client("kinesisvideo", endpoint_url=args.endpoint_url)
+    checkpoint_store = None
+    if args.checkpoint_table:
+        checkpoint_store = DynamoDbCheckpointStore(
+            session.client("dynamodb", endpoint_url=args.endpoint_url), args.checkpoint_table
+        )
 
     stop = threading.Event()
 
@@ -446,6 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
             KvsMediaSource(kinesisvideo, media_endpoint_override=args.kvs_media_endpoint, session=session),
             producer,
             max_concurrent_contacts=args.max_concurrent_contacts,
+            visibility_timeout_s=args.visibility_timeout_s,
+            checkpoint_store=checkpoint_store,
+            read_settings=settings,
         )
         worker.run(stop)
     finally:

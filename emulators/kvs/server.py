@@ -45,6 +45,9 @@ botocore's ``kinesis-video-media`` service model):
   fragment; sessions end silently after about 45 minutes → ``session_limit_s``.
 - "If you try more than three concurrent GetMedia connections, Kinesis Video Streams
   throttles the newest connections with ConnectionLimitExceededException."
+- A dropped connection (fault injection, ``cut_next_get_media``): the body stops in the
+  middle of a fragment without its final chunk, so the reader sees a broken response, not
+  a clean end; the continuation token of the last whole fragment resumes it.
 - Errors (service model): ``ResourceNotFoundException`` 404, ``NotAuthorizedException``
   401, ``InvalidArgumentException`` / ``ConnectionLimitExceededException`` /
   ``ClientLimitExceededException`` 400, sent restJson-style: status, an
@@ -69,6 +72,7 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -149,11 +153,17 @@ class ApiError(Exception):
         self.message = message
 
 
+class _ConnectionCut(Exception):
+    """A GetMedia response is to be dropped here (fault injection)."""
+
+
 class _StreamLog:
     def __init__(self, name: str) -> None:
         self.name = name
         self.fragments: list[StoredFragment] = []
         self.active_readers = 0
+        #: For each GetMedia connection to be cut: whole fragments it sends first.
+        self.cuts: deque[int] = deque()
 
 
 class KvsMediaEmulator:
@@ -246,6 +256,13 @@ class KvsMediaEmulator:
             stream_log = self._find_stream(stream, create=False)
             return list(stream_log.fragments) if stream_log else []
 
+    def cut_next_get_media(self, stream: str, after_fragments: int = 0) -> None:
+        """Drop the next GetMedia connection to ``stream`` halfway through the fragment
+        after its first ``after_fragments`` whole ones (waiting for that fragment if it is
+        not stored yet). Each call cuts one more connection."""
+        with self._lock:
+            self._find_stream(stream, create=True).cuts.append(after_fragments)
+
     def put_media(self, stream: str, body: bytes) -> list[StoredFragment]:
         """Parse, validate and store the fragments of one PutMedia body."""
         parsed = _parse_fragments(body)
@@ -293,7 +310,8 @@ class KvsMediaEmulator:
                     f"stream {stream_log.name} already has {stream_log.active_readers} GetMedia connections",
                 )
             stream_log.active_readers += 1
-        return _GetMediaSession(self, stream_log, start)
+            cut_after = stream_log.cuts.popleft() if stream_log.cuts else None
+        return _GetMediaSession(self, stream_log, start, cut_after)
 
     def _resolve_selector(self, stream_log: _StreamLog, selector: dict) -> int | tuple[str, str]:
         """Index of the first fragment to send, or an in-stream error (code, id)."""
@@ -350,11 +368,16 @@ class _GetMediaSession:
     """One GetMedia response: sends stored fragments, then live ones, until idle."""
 
     def __init__(
-        self, emulator: KvsMediaEmulator, stream_log: _StreamLog, start: int | tuple[str, str]
+        self,
+        emulator: KvsMediaEmulator,
+        stream_log: _StreamLog,
+        start: int | tuple[str, str],
+        cut_after: int | None = None,
     ) -> None:
         self._emulator = emulator
         self._stream_log = stream_log
         self._start = start
+        self._cut_after = cut_after
         self._closed = False
 
     def close(self) -> None:
@@ -398,7 +421,11 @@ class _GetMediaSession:
             for fragment in batch:
                 if time.monotonic() - began > emulator.session_limit_s:
                     return
-                yield _serialize(fragment, emulator.unknown_size_clusters)
+                payload = _serialize(fragment, emulator.unknown_size_clusters)
+                if self._cut_after is not None and index - self._start == self._cut_after:
+                    yield payload[: len(payload) // 2]
+                    raise _ConnectionCut()
+                yield payload
                 index += 1
                 last_sent = time.monotonic()
 
@@ -446,6 +473,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
+        except _ConnectionCut:
+            # No final chunk: the connection closes with the body unfinished.
+            log.debug("GetMedia connection cut (fault injection)")
         except (BrokenPipeError, ConnectionResetError):
             log.debug("GetMedia reader went away")
         finally:

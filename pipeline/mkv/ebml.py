@@ -122,15 +122,25 @@ def describe(element_id: int) -> str:
     return f"{name} (0x{element_id:X})" if name else f"element 0x{element_id:X}"
 
 
+#: ``VINT_LENGTHS[first_byte]`` is the length in bytes of the vint starting with
+#: ``first_byte``, 0 for a zero byte (not a vint of at most 8 bytes). A table because the
+#: parser looks up two of these per element, and indexing beats ``int.bit_length()``.
+VINT_LENGTHS: Final[tuple[int, ...]] = (0, *(9 - byte.bit_length() for byte in range(1, 256)))
+
+#: ``VALUE_MASKS[length]`` keeps the value bits of a ``length``-byte size vint (drops its
+#: length marker). The mask is also the reserved "unknown size" value: all value bits set.
+VALUE_MASKS: Final[tuple[int, ...]] = tuple((1 << (7 * length)) - 1 for length in range(9))
+
+
 def vint_length(first_byte: int) -> int:
     """Length in bytes of the vint starting with ``first_byte``; 0 if it is not a vint
     of at most 8 bytes (a zero first byte)."""
-    return 9 - first_byte.bit_length() if first_byte else 0
+    return VINT_LENGTHS[first_byte]
 
 
 def is_unknown_size(value: int, length: int) -> bool:
     """Whether a size vint's value bits are all ones (the reserved "unknown" value)."""
-    return value == (1 << (7 * length)) - 1
+    return value == VALUE_MASKS[length]
 
 
 def encode_id(element_id: int) -> bytes:

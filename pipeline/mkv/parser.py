@@ -19,12 +19,20 @@ element header (at most 12 bytes) is the only thing looked at again when more ar
 
 Which elements are descended into or read depends on the parent, and is written down as
 data in ``_CHILD_MASTERS`` / ``_CHILD_LEAVES`` / ``_ENDED_BY``.
+
+How it stays fast: a call is ~100 elements per second of audio, so per-element Python
+overhead, not byte handling, is what a parse costs. :meth:`MkvStreamParser._parse` is
+one loop over local variables: no object per element header, state of the innermost
+open master cached in locals and reloaded only when the stack of open masters changes,
+table lookups for vint lengths, ``struct`` for multi-byte fields, and a master's end
+checked with one comparison of the position against the nearest known end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Final
+import struct
+from collections.abc import Mapping
+from typing import Final, TypeAlias
 
 from pipeline.mkv import ebml
 from pipeline.mkv.events import (
@@ -74,6 +82,69 @@ _ENDED_BY: Final[dict[int, frozenset[int]]] = {
 #: means the input is not Matroska (or we lost sync) and is reported as an error.
 _TOP_LEVEL_SKIPPED: Final = frozenset({ebml.VOID, ebml.CRC32})
 
+# What the parse loop does with a child, looked up by parent in one step. A child with
+# no action is skipped.
+_DESCEND: Final = 1
+_READ: Final = 2
+_SKIP: Final = 3
+
+_CHILD_ACTIONS: Final[dict[int | None, dict[int, int]]] = {
+    parent: {
+        **dict.fromkeys(_CHILD_LEAVES.get(parent, ()), _READ),
+        **dict.fromkeys(_CHILD_MASTERS.get(parent, ()), _DESCEND),
+    }
+    for parent in _CHILD_MASTERS.keys() | _CHILD_LEAVES.keys()
+}
+_NO_CHILD_ACTIONS: Final[Mapping[int, int]] = {}
+
+#: Masters whose children are kept until the master ends, which then reports them as
+#: one event. A Cluster's leaves (Timecode, SimpleBlock) are reported as they are read.
+_COLLECTS_CHILDREN: Final = frozenset(_CHILD_LEAVES) - {ebml.CLUSTER}
+
+#: The limit of an element with no known end around it: beyond any offset, since sizes
+#: are below 2**56, so "has the position reached the limit" needs no None check.
+_NO_LIMIT: Final = 1 << 64
+_NOT_ENDED_BY_ANYTHING: Final[frozenset[int]] = frozenset()
+
+#: A master being descended into: (element_id, start, end, limit, children,
+#: child_actions, ended_by). ``end`` is None for an unknown size; ``limit`` is the
+#: nearest known end among this element and its ancestors (where it is certainly over);
+#: ``children`` is None unless it is in ``_COLLECTS_CHILDREN``; ``ended_by`` is empty
+#: unless it has unknown size. A tuple rather than a class because one is made for
+#: every master of every fragment, and a tuple is several times cheaper to build.
+_OpenMaster: TypeAlias = tuple[
+    int | None, int, int | None, int, dict[int, bytes] | None, Mapping[int, int], frozenset[int]
+]
+#: The bottom of the stack, so that the loop always has a parent: the stream itself.
+_TOP_LEVEL: Final[_OpenMaster] = (
+    None, 0, None, _NO_LIMIT, None, _CHILD_ACTIONS[None], _NOT_ENDED_BY_ANYTHING
+)
+
+#: A leaf whose header has been read and whose body has not all arrived:
+#: (element_id, start, size).
+_PendingLeaf: TypeAlias = tuple[int, int, int]
+
+#: ``_ID_LENGTHS[first_byte]``: length of an element ID, 0 if it would exceed Matroska's
+#: EBMLMaxIDLength (or the byte is zero).
+_ID_LENGTHS: Final = tuple(
+    length if length <= ebml.MAX_ID_LENGTH else 0 for length in ebml.VINT_LENGTHS
+)
+_SIZE_MASK_8: Final = ebml.VALUE_MASKS[8]
+_SIZE_MASK_1: Final = ebml.VALUE_MASKS[1]
+_read_u32_at: Final = struct.Struct(">I").unpack_from
+_read_u64_at: Final = struct.Struct(">Q").unpack_from
+#: The header of a block with a one-byte track number: track vint, signed 16-bit
+#: relative timecode, flags.
+_read_short_block_header_at: Final = struct.Struct(">BhB").unpack_from
+_SHORT_BLOCK_HEADER_BYTES: Final = 4
+#: A SimpleBlock as KVS writes it: ID 0xA3, 8-byte size, then the short block header.
+_read_kvs_block_header_at: Final = struct.Struct(">BQBhB").unpack_from
+_KVS_ELEMENT_HEADER_BYTES: Final = 9
+_KVS_BLOCK_HEADER_BYTES: Final = _KVS_ELEMENT_HEADER_BYTES + _SHORT_BLOCK_HEADER_BYTES
+#: The length marker of an 8-byte size vint, as an 8-byte integer.
+_SIZE_MARKER_8: Final = 1 << 56
+_ONE_BYTE_VINT_MARKER: Final = 0x80
+
 _MATROSKA_DEFAULT_TIMECODE_SCALE: Final = 1_000_000
 _MAX_UINT_BYTES: Final = 8
 
@@ -94,25 +165,6 @@ class MkvError(ValueError):
         self.offset = offset
 
 
-@dataclass(slots=True)
-class _Header:
-    element_id: int
-    size: int | None  # None: unknown size
-    start: int  # offset of the element's first ID byte
-    body_start: int
-
-
-@dataclass(slots=True)
-class _OpenMaster:
-    element_id: int
-    start: int
-    end: int | None  # None: unknown size
-    # The nearest known end among this element and its ancestors: the position at which
-    # this element is certainly over, even when its own size is unknown.
-    limit: int | None
-    children: dict[int, bytes] = field(default_factory=dict)
-
-
 class MkvStreamParser:
     """Feed bytes in, get :mod:`~pipeline.mkv.events` out; no I/O.
 
@@ -131,11 +183,12 @@ class MkvStreamParser:
 
     def __init__(self, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
         self._max_element_size = max_element_size
+        # Between feeds the buffer holds only what is not parsed yet: a partial element
+        # header, or the received part of a pending leaf's body.
         self._buffer = bytearray()
-        self._read_offset = 0  # index into _buffer of the next unparsed byte
         self._buffer_position = 0  # stream offset of _buffer[0]
-        self._open: list[_OpenMaster] = []
-        self._pending_leaf: _Header | None = None
+        self._open: list[_OpenMaster] = [_TOP_LEVEL]
+        self._pending_leaf: _PendingLeaf | None = None
         self._skip_remaining = 0
         self._cluster_timecode: int | None = None
         self._events: list[MkvEvent] = []
@@ -147,7 +200,7 @@ class MkvStreamParser:
         if self._error is not None:
             raise self._error
         if self._closed:
-            raise MkvError("feed() after close()", self._position)
+            raise MkvError("feed() after close()", self._buffer_position)
         self._buffer += data
         try:
             self._parse()
@@ -166,200 +219,310 @@ class MkvStreamParser:
         self._closed = True
         try:
             self._check_complete()
+            while len(self._open) > 1:
+                self._end_master(self._open.pop())
         except MkvError as error:
             self._error = error
             raise
-        while self._open:
-            self._end_master(self._open.pop())
         return self._take_events()
-
-    @property
-    def _position(self) -> int:
-        return self._buffer_position + self._read_offset
 
     def _take_events(self) -> list[MkvEvent]:
         events, self._events = self._events, []
         return events
 
     def _check_complete(self) -> None:
+        position = self._buffer_position
         if self._pending_leaf is not None:
-            header = self._pending_leaf
+            element_id, start, size = self._pending_leaf
             raise MkvError(
-                f"input ends inside {ebml.describe(header.element_id)}: "
-                f"{header.size} body bytes expected, "
-                f"{len(self._buffer) - self._read_offset} received",
-                header.start,
+                f"input ends inside {ebml.describe(element_id)}: "
+                f"{size} body bytes expected, {len(self._buffer)} received",
+                start,
             )
         if self._skip_remaining:
             raise MkvError(
                 f"input ends {self._skip_remaining} bytes before the end of a skipped element",
-                self._position,
+                position,
             )
-        if self._read_offset < len(self._buffer):
-            raise MkvError("input ends inside an element header", self._position)
-        for master in self._open:
-            if master.end is not None:
+        if self._buffer:
+            raise MkvError("input ends inside an element header", position)
+        for element_id, start, end, *_ in self._open[1:]:
+            if end is not None:
                 raise MkvError(
-                    f"input ends inside {ebml.describe(master.element_id)}, "
-                    f"{master.end - self._position} bytes before its end",
-                    master.start,
+                    f"input ends inside {ebml.describe(element_id)}, "
+                    f"{end - position} bytes before its end",
+                    start,
                 )
 
     def _parse(self) -> None:
+        """Parse what the buffer holds, then drop the parsed bytes from it.
+
+        One iteration is one element: its header is read (unless a pending leaf or skip
+        is resumed), a master is pushed, and a leaf is read or skipped once its body is
+        all in the buffer. Positions are indices into the buffer; the stream offset of
+        index 0 is ``buffer_position``, which does not change within a call. The
+        ``parent_*`` locals, ``child_actions`` and ``ended_by`` always describe
+        ``open_masters[-1]`` (with its limit as an index), and are reloaded whenever a
+        master is pushed or popped.
+        """
         buffer = self._buffer
+        available = len(buffer)
+        buffer_position = self._buffer_position
+        max_element_size = self._max_element_size
+        events = self._events
+        open_masters = self._open
+        cluster_timecode = self._cluster_timecode
+        parent_id, _, _, parent_limit, parent_children, child_actions, ended_by = open_masters[-1]
+        parent_limit -= buffer_position
+        position = 0
+
+        # The element whose body is being read or skipped, if any; a pending leaf or
+        # skip left by the previous feed starts at index 0.
+        action: int | None = None
+        element_id = element_start = body_start = body_end = 0
+        if self._skip_remaining:
+            action, body_end = _SKIP, self._skip_remaining
+            self._skip_remaining = 0
+        elif self._pending_leaf is not None:
+            element_id, element_start, body_end = self._pending_leaf
+            action = _READ
+            self._pending_leaf = None
+
         while True:
-            if self._skip_remaining:
-                skipped = min(self._skip_remaining, len(buffer) - self._read_offset)
-                self._read_offset += skipped
-                self._skip_remaining -= skipped
-                if self._skip_remaining:
+            while position == parent_limit:
+                if parent_children is None:
+                    open_masters.pop()
+                else:
+                    self._end_master(open_masters.pop())
+                parent_id, _, _, parent_limit, parent_children, child_actions, ended_by = (
+                    open_masters[-1]
+                )
+                parent_limit -= buffer_position
+
+            if action is None and parent_id == ebml.CLUSTER and cluster_timecode is not None:
+                # Fast path for the bulk of a call: SimpleBlocks as KVS writes them, one
+                # after another in a Cluster (one-byte ID, 8-byte size, one-byte track
+                # number, no lacing). One struct call decodes element and block header.
+                # Anything else - another element, a shorter size field, lacing, a block
+                # too big or running past the Cluster, an incomplete header - leaves the
+                # loop with the position at that element, so the general path below reads
+                # it and raises the same errors as ever. A block whose body has not all
+                # arrived is handed to the general path as the leaf being read.
+                while position + _KVS_BLOCK_HEADER_BYTES <= available:
+                    element_id, size_field, track_vint, relative_timecode, flags = (
+                        _read_kvs_block_header_at(buffer, position)
+                    )
+                    size = size_field - _SIZE_MARKER_8
+                    if not (
+                        element_id == ebml.SIMPLE_BLOCK
+                        and _SHORT_BLOCK_HEADER_BYTES <= size <= max_element_size
+                        and size <= ebml.MAX_SIZE
+                        and track_vint & _ONE_BYTE_VINT_MARKER
+                        and not flags & _LACING_MASK
+                    ):
+                        break
+                    body_start = position + _KVS_ELEMENT_HEADER_BYTES
+                    body_end = body_start + size
+                    if body_end > parent_limit:
+                        break
+                    if body_end > available:
+                        element_start = buffer_position + position
+                        position = body_start
+                        action = _READ
+                        break
+                    events.append(
+                        Frame(
+                            track_vint & _SIZE_MASK_1,
+                            cluster_timecode + relative_timecode,
+                            bytes(buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end]),
+                            flags & _KEYFRAME_FLAG != 0,
+                        )
+                    )
+                    position = body_end
+                    if position == parent_limit:
+                        break
+                if position == parent_limit:
+                    continue
+
+            if action is None:
+                if position >= available:
                     break
-                self._end_finished_masters()
-            elif self._pending_leaf is not None:
-                header = self._pending_leaf
-                assert header.size is not None
-                body_end = self._read_offset + header.size
-                if len(buffer) < body_end:
+                first_byte = buffer[position]
+                id_length = _ID_LENGTHS[first_byte]
+                if not id_length:
+                    raise MkvError(
+                        f"invalid element ID: first byte 0x{first_byte:02X} "
+                        f"announces more than {ebml.MAX_ID_LENGTH} bytes",
+                        buffer_position + position,
+                    )
+                size_position = position + id_length
+                if size_position >= available:
                     break
-                body = bytes(buffer[self._read_offset : body_end])
-                self._read_offset = body_end
-                self._pending_leaf = None
-                self._read_leaf(header, body)
-                self._end_finished_masters()
-            else:
-                header = self._read_header()
-                if header is None:
+                size_first_byte = buffer[size_position]
+                size_length = ebml.VINT_LENGTHS[size_first_byte]
+                if not size_length:
+                    raise MkvError(
+                        "invalid element size: first byte 0x00 announces more than 8 bytes",
+                        buffer_position + size_position,
+                    )
+                body_start = size_position + size_length
+                if body_start > available:
                     break
-                self._start_element(header)
+                if id_length == 1:
+                    element_id = first_byte
+                elif id_length == 4:
+                    element_id = _read_u32_at(buffer, position)[0]
+                else:
+                    element_id = int.from_bytes(buffer[position:size_position], "big")
+                if size_length == 8:
+                    size = _read_u64_at(buffer, size_position)[0] & _SIZE_MASK_8
+                    unknown_size = size == _SIZE_MASK_8
+                elif size_length == 1:
+                    size = size_first_byte & _SIZE_MASK_1
+                    unknown_size = size == _SIZE_MASK_1
+                else:
+                    size_mask = ebml.VALUE_MASKS[size_length]
+                    size = int.from_bytes(buffer[size_position:body_start], "big") & size_mask
+                    unknown_size = size == size_mask
+                element_start = buffer_position + position
+                position = body_start
+
+                if element_id in ended_by:
+                    self._end_unknown_size_masters(element_id)
+                    (parent_id, _, _, parent_limit, parent_children, child_actions, ended_by) = (
+                        open_masters[-1]
+                    )
+                    parent_limit -= buffer_position
+                action = child_actions.get(element_id, _SKIP)
+
+                if unknown_size:
+                    self._open_unknown_size_master(element_id, element_start, action)
+                    (parent_id, _, _, parent_limit, parent_children, child_actions, ended_by) = (
+                        open_masters[-1]
+                    )
+                    parent_limit -= buffer_position
+                    if parent_id == ebml.CLUSTER:
+                        cluster_timecode = None
+                    action = None
+                    continue
+                body_end = body_start + size
+                if body_end > parent_limit:
+                    raise self._past_parent_end(element_id, element_start, size, body_end)
+                if action == _DESCEND:
+                    if element_id == ebml.CLUSTER:
+                        # Reset at the start only: a block is read inside a Cluster, so
+                        # no block can see the previous Cluster's timecode.
+                        cluster_timecode = self._cluster_timecode = None
+                    parent_id, parent_limit = element_id, body_end
+                    parent_children = {} if element_id in _COLLECTS_CHILDREN else None
+                    child_actions = _CHILD_ACTIONS.get(element_id, _NO_CHILD_ACTIONS)
+                    ended_by = _NOT_ENDED_BY_ANYTHING
+                    end = buffer_position + body_end
+                    open_masters.append(
+                        (element_id, element_start, end, end, parent_children, child_actions, ended_by)
+                    )
+                    action = None
+                    continue
+                if action == _SKIP and parent_id is None and element_id not in _TOP_LEVEL_SKIPPED:
+                    raise MkvError(
+                        f"unexpected {ebml.describe(element_id)} at the top level; "
+                        "expected an EBML header or a Segment",
+                        element_start,
+                    )
+                if size > max_element_size:
+                    raise MkvError(
+                        f"{ebml.describe(element_id)} of size {size} exceeds the "
+                        f"limit of {max_element_size} bytes",
+                        element_start,
+                    )
+
+            if body_end > available:
+                if action == _SKIP:
+                    self._skip_remaining = body_end - available
+                    position = available
+                else:
+                    self._pending_leaf = (element_id, element_start, body_end - body_start)
+                break
+            if action == _READ:
+                if element_id == ebml.SIMPLE_BLOCK:
+                    if cluster_timecode is None:
+                        raise MkvError("block before its Cluster's Timecode", element_start)
+                    if body_end - body_start >= _SHORT_BLOCK_HEADER_BYTES:
+                        track_vint, relative_timecode, flags = _read_short_block_header_at(
+                            buffer, body_start
+                        )
+                    else:
+                        track_vint = flags = 0
+                    if track_vint & _ONE_BYTE_VINT_MARKER and not flags & _LACING_MASK:
+                        events.append(
+                            Frame(
+                                track_vint & _SIZE_MASK_1,
+                                cluster_timecode + relative_timecode,
+                                bytes(buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end]),
+                                flags & _KEYFRAME_FLAG != 0,
+                            )
+                        )
+                    else:
+                        self._emit_frames(
+                            element_start, bytes(buffer[body_start:body_end]), keyframe=None
+                        )
+                elif element_id == ebml.TIMECODE:
+                    cluster_timecode = _read_uint(buffer[body_start:body_end], element_start)
+                    self._cluster_timecode = cluster_timecode
+                    events.append(ClusterStart(cluster_timecode))
+                else:
+                    assert parent_children is not None
+                    parent_children[element_id] = bytes(buffer[body_start:body_end])
+            position = body_end
+            action = None
+
         # Each byte is moved at most once: what remains is a partial header or the
-        # start of a pending leaf, and the read offset does not advance past a pending
-        # leaf until all of it has arrived.
-        del buffer[: self._read_offset]
-        self._buffer_position += self._read_offset
-        self._read_offset = 0
-
-    def _read_header(self) -> _Header | None:
-        buffer, start = self._buffer, self._read_offset
-        available = len(buffer) - start
-        if available < 1:
-            return None
-        id_length = ebml.vint_length(buffer[start])
-        if not 1 <= id_length <= ebml.MAX_ID_LENGTH:
-            raise MkvError(
-                f"invalid element ID: first byte 0x{buffer[start]:02X} "
-                f"announces more than {ebml.MAX_ID_LENGTH} bytes",
-                self._position,
-            )
-        if available < id_length + 1:
-            return None
-        size_length = ebml.vint_length(buffer[start + id_length])
-        if size_length == 0:
-            raise MkvError(
-                "invalid element size: first byte 0x00 announces more than 8 bytes",
-                self._position + id_length,
-            )
-        header_length = id_length + size_length
-        if available < header_length:
-            return None
-        element_id = int.from_bytes(buffer[start : start + id_length], "big")
-        size_field = int.from_bytes(buffer[start + id_length : start + header_length], "big")
-        size = size_field & ((1 << (7 * size_length)) - 1)
-        position = self._position
-        self._read_offset += header_length
-        return _Header(
-            element_id=element_id,
-            size=None if ebml.is_unknown_size(size, size_length) else size,
-            start=position,
-            body_start=position + header_length,
-        )
-
-    def _start_element(self, header: _Header) -> None:
-        element_id = header.element_id
-        self._end_unknown_size_masters(element_id)
-        parent = self._open[-1] if self._open else None
-        parent_id = parent.element_id if parent else None
-        descend = element_id in _CHILD_MASTERS.get(parent_id, ())
-
-        if header.size is None:
-            if not (descend and element_id in _ENDED_BY):
-                raise MkvError(
-                    f"{ebml.describe(element_id)} has unknown size; only a Segment, or a "
-                    "Cluster inside a Segment, may",
-                    header.start,
-                )
-            end = None
-        else:
-            end = header.body_start + header.size
-            if parent is not None and parent.limit is not None and end > parent.limit:
-                raise MkvError(
-                    f"{ebml.describe(element_id)} of size {header.size} runs "
-                    f"{end - parent.limit} bytes past the end of its parent "
-                    f"{ebml.describe(parent.element_id)}",
-                    header.start,
-                )
-
-        if descend:
-            self._open.append(
-                _OpenMaster(
-                    element_id=element_id,
-                    start=header.start,
-                    end=end,
-                    limit=end if end is not None else (parent.limit if parent else None),
-                )
-            )
-            if element_id == ebml.CLUSTER:
-                self._cluster_timecode = None
-            self._end_finished_masters()
-            return
-
-        if parent is None and element_id not in _TOP_LEVEL_SKIPPED:
-            raise MkvError(
-                f"unexpected {ebml.describe(element_id)} at the top level; "
-                "expected an EBML header or a Segment",
-                header.start,
-            )
-        assert header.size is not None
-        if header.size > self._max_element_size:
-            raise MkvError(
-                f"{ebml.describe(element_id)} of size {header.size} exceeds the "
-                f"limit of {self._max_element_size} bytes",
-                header.start,
-            )
-        if element_id in _CHILD_LEAVES.get(parent_id, ()):
-            self._pending_leaf = header
-        elif header.size:
-            self._skip_remaining = header.size
-        else:
-            self._end_finished_masters()
+        # received part of a pending leaf, and the position does not advance past a
+        # pending leaf until all of it has arrived.
+        del buffer[:position]
+        self._buffer_position = buffer_position + position
 
     def _end_unknown_size_masters(self, next_element_id: int) -> None:
-        while (
-            self._open
-            and self._open[-1].end is None
-            and next_element_id in _ENDED_BY[self._open[-1].element_id]
-        ):
+        while next_element_id in self._open[-1][6]:
             self._end_master(self._open.pop())
 
-    def _end_finished_masters(self) -> None:
-        position = self._position
-        while self._open and self._open[-1].limit == position:
-            self._end_master(self._open.pop())
+    def _open_unknown_size_master(self, element_id: int, start: int, action: int) -> None:
+        if not (action == _DESCEND and element_id in _ENDED_BY):
+            raise MkvError(
+                f"{ebml.describe(element_id)} has unknown size; only a Segment, or a "
+                "Cluster inside a Segment, may",
+                start,
+            )
+        if element_id == ebml.CLUSTER:
+            self._cluster_timecode = None
+        parent_limit = self._open[-1][3]
+        children = {} if element_id in _COLLECTS_CHILDREN else None
+        self._open.append(
+            (
+                element_id,
+                start,
+                None,
+                parent_limit,
+                children,
+                _CHILD_ACTIONS.get(element_id, _NO_CHILD_ACTIONS),
+                _ENDED_BY[element_id],
+            )
+        )
 
-    def _read_leaf(self, header: _Header, body: bytes) -> None:
-        parent = self._open[-1]
-        element_id = header.element_id
-        if parent.element_id == ebml.CLUSTER:
-            if element_id == ebml.TIMECODE:
-                self._cluster_timecode = _read_uint(body, header.start)
-                self._events.append(ClusterStart(self._cluster_timecode))
-            else:
-                self._emit_frames(header.start, body, keyframe=None)
-        else:
-            parent.children[element_id] = body
+    def _past_parent_end(self, element_id: int, start: int, size: int, end: int) -> MkvError:
+        parent_id, _, _, parent_limit, *_ = self._open[-1]
+        overrun = end - (parent_limit - self._buffer_position)
+        assert parent_id is not None
+        return MkvError(
+            f"{ebml.describe(element_id)} of size {size} runs {overrun} bytes past the end "
+            f"of its parent {ebml.describe(parent_id)}",
+            start,
+        )
 
     def _end_master(self, master: _OpenMaster) -> None:
-        children = master.children
-        element_id = master.element_id
+        element_id, start, _, _, children, *_ = master
+        if children is None:
+            return
         if element_id == ebml.EBML_HEADER:
             doc_type = _read_string(children.get(ebml.DOC_TYPE, b"matroska"))
             self._events.append(EbmlHeader(doc_type))
@@ -370,7 +533,7 @@ class MkvStreamParser:
                     timecode_scale=(
                         _MATROSKA_DEFAULT_TIMECODE_SCALE
                         if scale is None
-                        else _read_uint(scale, master.start)
+                        else _read_uint(scale, start)
                     ),
                     title=_read_string(children.get(ebml.TITLE, b"")),
                 )
@@ -378,10 +541,10 @@ class MkvStreamParser:
         elif element_id == ebml.TRACK_ENTRY:
             number = children.get(ebml.TRACK_NUMBER)
             if number is None:
-                raise MkvError("TrackEntry without a TrackNumber", master.start)
+                raise MkvError("TrackEntry without a TrackNumber", start)
             self._events.append(
                 TrackEntry(
-                    number=_read_uint(number, master.start),
+                    number=_read_uint(number, start),
                     name=_read_string(children.get(ebml.NAME, b"")),
                     codec_id=_read_string(children.get(ebml.CODEC_ID, b"")),
                 )
@@ -389,10 +552,10 @@ class MkvStreamParser:
         elif element_id == ebml.BLOCK_GROUP:
             block = children.get(ebml.BLOCK)
             if block is None:
-                raise MkvError("BlockGroup without a Block", master.start)
+                raise MkvError("BlockGroup without a Block", start)
             # A Block is a keyframe exactly when it references no other frame.
             keyframe = ebml.REFERENCE_BLOCK not in children
-            self._emit_frames(master.start, block, keyframe=keyframe)
+            self._emit_frames(start, block, keyframe=keyframe)
         elif element_id == ebml.SIMPLE_TAG:
             binary = children.get(ebml.TAG_BINARY)
             string = children.get(ebml.TAG_STRING)
@@ -401,8 +564,6 @@ class MkvStreamParser:
             else:
                 value = _read_string(string or b"")
             self._events.append(Tag(_read_string(children.get(ebml.TAG_NAME, b"")), value))
-        elif element_id == ebml.CLUSTER:
-            self._cluster_timecode = None
 
     def _emit_frames(self, block_start: int, block: bytes, *, keyframe: bool | None) -> None:
         """Report a SimpleBlock (``keyframe`` None: read from its flags) or a Block."""

@@ -1,5 +1,7 @@
-"""The connector worker end to end over real HTTP: moto (SQS, Kinesis, KVS control
-plane) + the KVS media emulator; the audio-frames stream is read back with boto3."""
+"""The connector worker: end to end over real HTTP (moto for SQS, Kinesis and the KVS
+control plane, the KVS media emulator for GetMedia; the audio-frames stream read back
+with boto3), and ``read_contact`` against hand-written fakes that inject faults: a
+media source with scripted connections and an in-memory checkpoint store."""
 
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ from botocore.stub import Stubber
 from moto.server import ThreadedMotoServer
 
 from connectors.kinesis.producer import KinesisRecordProducer
-from connectors.kvs import ConnectorWorker, KvsMediaSource, MediaSourceError, read_contact
+from connectors.kvs.checkpoints import ContactCheckpoint, DynamoDbCheckpointStore, StaleCheckpointError, create_table
+from connectors.kvs.media import KvsMediaSource, MediaSourceError
+from connectors.kvs.worker import ConnectorWorker, ContactReadResult, ReadSettings, read_contact
 from emulators.kvs import KvsMediaEmulator
-from pipeline.mkv import write_connect_fragment
+from pipeline.connect_stream import TAG_CONTINUATION_TOKEN, TAG_FRAGMENT_NUMBER
+from pipeline.mkv import ebml, write_connect_fragment
 from pipeline.records import AudioEnd, AudioFrame, ContactWork, Track, decode_audio_record
 
 REGION = "us-east-1"
@@ -33,6 +38,8 @@ CONTACT_A = "6c1e8a70-0000-4000-8000-00000000000a"
 CONTACT_B = "6c1e8a70-0000-4000-8000-00000000000b"
 T0 = 1_726_677_688_724
 FRAGMENT_MS = 250
+#: Reads against fakes: no waiting between attempts, and a body that ends ends the contact.
+FAST = ReadSettings(max_idle_s=0, retry_initial_s=0, retry_max_s=0)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +47,11 @@ def aws_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    endpoint = f"http://{host}:{port}"
+    # moto keeps its backends per process: resources of an earlier test module's stack
+    # (the same stream and queue names) would still be there.
+    httpx.post(f"{endpoint}/moto-api/reset").raise_for_status()
+    yield endpoint
     server.stop()
 
 
@@ -128,7 +139,9 @@ def test_worker_reads_two_contacts_of_one_reused_stream(aws_endpoint, session, e
 
     producer = KinesisRecordProducer(kinesis, FRAMES_STREAM, linger_s=0.01)
     media_source = KvsMediaSource(kinesisvideo, media_endpoint_override=emulator.endpoint_url, session=session)
-    worker = ConnectorWorker(sqs, queue_url, media_source, producer, poll_wait_s=1)
+    worker = ConnectorWorker(
+        sqs, queue_url, media_source, producer, poll_wait_s=1, read_settings=ReadSettings(max_idle_s=0.5)
+    )
     stop = threading.Event()
     running = threading.Thread(target=worker.run, args=(stop,))
     running.start()
@@ -163,61 +176,354 @@ def test_worker_reads_two_contacts_of_one_reused_stream(aws_endpoint, session, e
     assert worker.frames_published == sum(isinstance(r, AudioFrame) for r in records)
 
 
-class FakeMediaSource:
-    """A MediaSource that serves fixed chunks or fails, to inject faults."""
+# -- read_contact against fakes ------------------------------------------------------------
 
-    def __init__(self, chunks: list[bytes] | None = None, error: MediaSourceError | None = None) -> None:
-        self.chunks = chunks or []
-        self.error = error
+
+def tags_element(name: str, value: str) -> bytes:
+    simple_tag = ebml.element(
+        ebml.SIMPLE_TAG, ebml.element(ebml.TAG_NAME, name.encode()), ebml.element(ebml.TAG_STRING, value.encode())
+    )
+    return ebml.element(ebml.TAGS, ebml.element(ebml.TAG, simple_tag))
+
+
+def fragment_number(index: int) -> str:
+    return str(91343852333181432392682062607743920146264440000 + index * 4_951_760_157_141_521_099)
+
+
+def kvs_fragment(index: int, contact_id: str = CONTACT_A) -> bytes:
+    """Fragment ``index`` as GetMedia returns it: KVS's number tag before the Cluster,
+    Connect's tags after it, the continuation token last."""
+    number = fragment_number(index)
+    body = write_connect_fragment(
+        contact_id=contact_id,
+        instance_id="i",
+        timecode_ms=T0 + index * FRAGMENT_MS,
+        customer_pcm=pcm(2 * index),
+        agent_pcm=pcm(2 * index + 1),
+        extra_tags_before_cluster=[[(TAG_FRAGMENT_NUMBER, number)]],
+    )
+    return body + tags_element(TAG_CONTINUATION_TOKEN, number)
+
+
+def written(indexes: range) -> dict[Track, bytes]:
+    return {
+        Track.CUSTOMER: b"".join(pcm(2 * i) for i in indexes),
+        Track.AGENT: b"".join(pcm(2 * i + 1) for i in indexes),
+    }
+
+
+def token_selector(index: int) -> dict[str, str]:
+    return {"StartSelectorType": "CONTINUATION_TOKEN", "ContinuationToken": fragment_number(index)}
+
+
+class FakeMediaSource:
+    """A MediaSource whose connections are scripted: each is a list of chunks (a
+    ``MediaSourceError`` among them breaks the body there) or an error raised by
+    ``open``. Once the script is used up, every body is empty."""
+
+    def __init__(self, *connections: list[bytes | MediaSourceError] | MediaSourceError) -> None:
+        self.connections = list(connections)
         self.selectors: list[dict[str, Any]] = []
 
     def open(self, stream_arn: str, start_selector: dict[str, Any]) -> Iterator[bytes]:
         self.selectors.append(start_selector)
-        if self.error is not None:
-            raise self.error
-        return iter(self.chunks)
+        connection = self.connections.pop(0) if self.connections else []
+        if isinstance(connection, MediaSourceError):
+            raise connection
+        return self._body(connection)
+
+    @staticmethod
+    def _body(chunks: list[bytes | MediaSourceError]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if isinstance(chunk, MediaSourceError):
+                raise chunk
+            yield chunk
 
 
-WORK = ContactWork(CONTACT_A, "arn:aws:kinesisvideo:us-east-1:123456789012:stream/s/1", "9134", "i", T0)
+class RecordingProducer:
+    """``publish`` and ``flush`` of a producer that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.records: list[AudioFrame | AudioEnd] = []
+        self.flushed = 0
+
+    def put(self, data: bytes, partition_key: str) -> None:
+        record = decode_audio_record(data)
+        assert partition_key == record.contact_id
+        self.records.append(record)
+
+    def flush(self) -> None:
+        self.flushed = len(self.records)
 
 
-def published_records(source: FakeMediaSource, work: ContactWork = WORK) -> tuple[Any, list]:
-    published: list[tuple[bytes, str]] = []
-    result = read_contact(work, source, lambda data, key: published.append((data, key)))
-    assert {key for _, key in published} <= {work.contact_id}
-    return result, [decode_audio_record(data) for data, _ in published]
+class MemoryCheckpointStore:
+    """A CheckpointStore in a dict with the DynamoDB store's ordering rule. Each write is
+    checked against ``producer``: it may cover only frames the producer has flushed."""
+
+    def __init__(self, producer: RecordingProducer, *initial: ContactCheckpoint) -> None:
+        self.producer = producer
+        self.items = {checkpoint.contact_id: checkpoint for checkpoint in initial}
+        self.written: list[ContactCheckpoint] = []
+        self.refuse_writes = False
+
+    def get(self, contact_id: str) -> ContactCheckpoint | None:
+        return self.items.get(contact_id)
+
+    def put(self, checkpoint: ContactCheckpoint, *, take_over: bool = False) -> None:
+        stored = self.items.get(checkpoint.contact_id)
+        if self.refuse_writes or (
+            stored is not None
+            and (
+                stored.completed
+                or stored.position > checkpoint.position
+                or (stored.position == checkpoint.position and not (checkpoint.completed or take_over)
+                    and stored.reader_id != checkpoint.reader_id)
+            )
+        ):
+            raise StaleCheckpointError("stale")
+        flushed = self.producer.records[: self.producer.flushed]
+        covered = [
+            record
+            for record in self.producer.records
+            if isinstance(record, AudioFrame)
+            and int(record.fragment_number) <= int(checkpoint.last_fragment_number or 0)
+        ]
+        assert all(record in flushed for record in covered), "checkpoint covers unflushed frames"
+        self.items[checkpoint.contact_id] = checkpoint
+        self.written.append(checkpoint)
+
+
+WORK = ContactWork(CONTACT_A, "arn:aws:kinesisvideo:us-east-1:123456789012:stream/s/1", fragment_number(0), "i", T0)
+
+
+def read(
+    source: FakeMediaSource,
+    work: ContactWork = WORK,
+    store: MemoryCheckpointStore | None = None,
+    producer: RecordingProducer | None = None,
+    settings: ReadSettings = FAST,
+    stop: threading.Event | None = None,
+) -> tuple[ContactReadResult, list[AudioFrame | AudioEnd]]:
+    producer = producer or (store.producer if store else RecordingProducer())
+    result = read_contact(
+        work, source, producer.put, flush=producer.flush, checkpoint_store=store, settings=settings, stop=stop
+    )
+    return result, producer.records
+
+
+def assert_whole_contact(records: list, indexes: range, reason: str) -> None:
+    """Every frame of the fragments ``indexes`` exactly once, in order, then the END."""
+    frames = [r for r in records if isinstance(r, AudioFrame)]
+    for track, pcm_bytes in written(indexes).items():
+        keys = [(int(f.fragment_number), f.frame_index) for f in frames if f.track is track]
+        assert keys == sorted(set(keys)), f"{track.label} frames repeat or are out of order"
+        assert b"".join(f.pcm for f in frames if f.track is track) == pcm_bytes
+    assert [r.reason for r in records if isinstance(r, AudioEnd)] == [reason]
+    assert isinstance(records[-1], AudioEnd)
 
 
 def test_corrupt_stream_fails_the_contact_with_an_end_record():
     good = write_connect_fragment(
         contact_id=CONTACT_A, instance_id="i", timecode_ms=T0, customer_pcm=pcm(1), agent_pcm=pcm(2)
     )
-    result, records = published_records(FakeMediaSource([good, b"\x1a\x45\xdf\xa3\x80\xff garbage"]))
+    result, records = read(FakeMediaSource([good, b"\x1a\x45\xdf\xa3\x80\xff garbage"]))
     assert result.reason == "corrupt_stream" and not result.retryable
     assert isinstance(records[-1], AudioEnd) and records[-1].reason == "corrupt_stream"
     assert records[-1].customer_samples == len(pcm(1)) // 2
 
 
-def test_throttled_get_media_hands_the_contact_back_without_an_end():
+def test_throttled_get_media_backs_off_then_reads_the_contact():
+    source = FakeMediaSource(
+        MediaSourceError("ConnectionLimitExceededException", "three readers already", retryable=True),
+        MediaSourceError("ClientLimitExceededException", "too many calls", retryable=True),
+        MediaSourceError("ThrottlingException", "slow down", retryable=True),
+        [kvs_fragment(0), kvs_fragment(1)],
+    )
+    result, records = read(source)
+    assert result.reason == "stream_ended"
+    assert_whole_contact(records, range(2), "stream_ended")
+    assert len(source.selectors) == 4
+    assert source.selectors[3] == source.selectors[0], "nothing was read before the connection succeeded"
+
+
+def test_get_media_that_stays_throttled_hands_the_contact_back_without_an_end():
     error = MediaSourceError("ConnectionLimitExceededException", "too many readers", retryable=True)
-    result, records = published_records(FakeMediaSource(error=error))
+    source = FakeMediaSource(*[error] * 10)
+    result, records = read(source, settings=ReadSettings(retry_initial_s=0, retry_max_s=0, max_failed_connects=2))
     assert result.retryable and records == []
+    assert len(source.selectors) == 3
 
 
-def test_missing_stream_ends_the_contact_with_the_reason():
-    error = MediaSourceError("ResourceNotFoundException", "no such stream", retryable=False)
-    result, records = published_records(FakeMediaSource(error=error))
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("ResourceNotFoundException", "stream_not_found"),
+        ("NotAuthorizedException", "not_authorized"),
+        ("InvalidArgumentException", "get_media_failed"),
+    ],
+)
+def test_get_media_errors_that_waiting_cannot_cure_end_the_contact_with_the_reason(code, reason):
+    result, records = read(FakeMediaSource(MediaSourceError(code, "no", retryable=False)))
     assert not result.retryable
-    assert [r.reason for r in records] == ["get_media_failed"]
+    assert [(type(r), r.reason) for r in records] == [(AudioEnd, reason)]
 
 
 def test_start_selector_includes_the_first_fragment_when_the_timestamp_is_known():
     source = FakeMediaSource()
-    published_records(source)
-    published_records(source, ContactWork(CONTACT_A, WORK.stream_arn, "9134", "i", 0))
+    read(source)
+    read(source, ContactWork(CONTACT_A, WORK.stream_arn, "9134", "i", 0))
     assert source.selectors[0]["StartSelectorType"] == "PRODUCER_TIMESTAMP"
     assert source.selectors[0]["StartTimestamp"].timestamp() == T0 / 1000
     assert source.selectors[1] == {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": "9134"}
+
+
+def test_a_broken_connection_resumes_after_the_last_whole_fragment():
+    third = kvs_fragment(2)
+    source = FakeMediaSource(
+        [kvs_fragment(0), kvs_fragment(1), third[: len(third) // 2],
+         MediaSourceError("read_failed", "connection reset", retryable=True)],
+        [third, kvs_fragment(3)],
+    )
+    result, records = read(source)
+    assert_whole_contact(records, range(4), "stream_ended")
+    assert source.selectors[1] == token_selector(1)
+    assert result.connections == 2 and result.last_fragment_number == fragment_number(3)
+
+
+def test_a_body_that_ends_inside_a_fragment_is_read_again_from_the_last_token():
+    second = kvs_fragment(1)
+    source = FakeMediaSource([kvs_fragment(0), second[:-40]], [second, kvs_fragment(2)])
+    _, records = read(source)
+    assert_whole_contact(records, range(3), "stream_ended")
+    assert source.selectors[1] == token_selector(0)
+
+
+def test_a_redelivered_contact_resumes_from_its_checkpoint_with_whole_totals():
+    producer = RecordingProducer()
+    first = MemoryCheckpointStore(producer)
+    read(FakeMediaSource([kvs_fragment(0), kvs_fragment(1)], MediaSourceError("x", "y", retryable=True)),
+         store=first, settings=ReadSettings(retry_initial_s=0, max_failed_connects=0, checkpoint_interval_s=0))
+    checkpoint = first.items[CONTACT_A]
+    assert checkpoint.last_fragment_number == fragment_number(1) and not checkpoint.completed
+    published_before = list(producer.records)
+    assert not any(isinstance(r, AudioEnd) for r in published_before)
+
+    source = FakeMediaSource([kvs_fragment(2), kvs_fragment(3)])
+    result, records = read(source, store=MemoryCheckpointStore(producer, checkpoint))
+    assert source.selectors[0] == token_selector(1)
+    assert_whole_contact(records, range(4), "stream_ended")
+    end = records[-1]
+    assert (end.customer_samples, end.agent_samples) == (len(written(range(4))[Track.CUSTOMER]) // 2,) * 2
+    assert end.customer_frames + end.agent_frames == len(records) - 1
+    assert end.last_fragment_number == fragment_number(3)
+    assert result.frames_published == len(records) - 1 - len(published_before)
+
+
+def test_checkpoints_follow_whole_fragments_and_end_completed():
+    producer = RecordingProducer()
+    store = MemoryCheckpointStore(producer)
+    read(FakeMediaSource([b"".join(kvs_fragment(i) for i in range(4))]), store=store,
+         settings=ReadSettings(max_idle_s=0, checkpoint_interval_s=0))
+    assert [c.last_fragment_number for c in store.written[:4]] == [fragment_number(i) for i in range(4)]
+    assert all(c.continuation_token == c.last_fragment_number for c in store.written)
+    final = store.written[-1]
+    assert final.completed and final.end_reason == "stream_ended"
+    assert final.frames[Track.CUSTOMER] == sum(
+        isinstance(r, AudioFrame) and r.track is Track.CUSTOMER for r in producer.records
+    )
+
+
+def test_a_resumed_contact_with_nothing_left_to_read_still_ends():
+    producer = RecordingProducer()
+    left = ContactCheckpoint(
+        CONTACT_A, fragment_number(1), fragment_number(1),
+        frames={Track.CUSTOMER: 8, Track.AGENT: 8}, samples={Track.CUSTOMER: 4000, Track.AGENT: 4000},
+        reader_id="reader-of-the-crashed-worker",
+    )
+    store = MemoryCheckpointStore(producer, left)
+    result, records = read(FakeMediaSource(), store=store)
+    assert [(type(r), r.reason) for r in records] == [(AudioEnd, "stream_ended")]
+    assert (records[0].customer_samples, records[0].agent_frames) == (4000, 8)
+    assert store.items[CONTACT_A].completed and result.reason == "stream_ended"
+
+
+def test_a_completed_contact_is_not_read_again():
+    producer = RecordingProducer()
+    done = ContactCheckpoint(CONTACT_A, fragment_number(3), fragment_number(3), completed=True, end_reason="x")
+    source = FakeMediaSource([kvs_fragment(4)])
+    result, records = read(source, store=MemoryCheckpointStore(producer, done))
+    assert result.reason == "already_completed" and not result.retryable
+    assert records == [] and source.selectors == []
+
+
+def test_a_reader_that_lost_the_contact_stops_without_an_end():
+    producer = RecordingProducer()
+    store = MemoryCheckpointStore(producer)
+    store.refuse_writes = True
+    result, records = read(
+        FakeMediaSource([kvs_fragment(0), kvs_fragment(1)]),
+        store=store,
+        settings=ReadSettings(max_idle_s=0, checkpoint_interval_s=0),
+    )
+    assert result.reason == "superseded" and not result.retryable
+    assert not any(isinstance(r, AudioEnd) for r in records)
+
+
+def test_stopping_hands_the_contact_back_at_a_whole_fragment_with_a_checkpoint():
+    stop = threading.Event()
+    third = kvs_fragment(2)
+
+    def body() -> Iterator[bytes]:
+        yield kvs_fragment(0) + kvs_fragment(1)
+        stop.set()
+        yield third[:100]
+
+    class StoppingSource(FakeMediaSource):
+        def open(self, stream_arn: str, start_selector: dict[str, Any]) -> Iterator[bytes]:
+            self.selectors.append(start_selector)
+            return body()
+
+    producer = RecordingProducer()
+    store = MemoryCheckpointStore(producer)
+    result, records = read(StoppingSource(), store=store, stop=stop, settings=ReadSettings(max_idle_s=60))
+    assert result.retryable and result.reason == "stopped"
+    assert {r.fragment_number for r in records} == {fragment_number(0), fragment_number(1)}
+    assert store.items[CONTACT_A].last_fragment_number == fragment_number(1)
+    assert producer.flushed == len(records)
+
+
+# -- the CLI, the checkpoint store and the media source ----------------------------------------
+
+
+def test_checkpoint_store_orders_writes_in_dynamodb(aws_endpoint, session):
+    dynamodb = session.client("dynamodb", endpoint_url=aws_endpoint)
+    create_table(dynamodb, "checkpoints-order")
+    store = DynamoDbCheckpointStore(dynamodb, "checkpoints-order")
+
+    def at(index: int, reader: str, **changes: Any) -> ContactCheckpoint:
+        number = fragment_number(index)
+        counts = {Track.CUSTOMER: index, Track.AGENT: index}
+        return ContactCheckpoint(CONTACT_A, number, number, counts, counts, reader_id=reader, **changes)
+
+    def refused(checkpoint: ContactCheckpoint, **options: Any) -> bool:
+        try:
+            store.put(checkpoint, **options)
+        except StaleCheckpointError:
+            return True
+        return False
+
+    assert store.get(CONTACT_A) is None
+    store.put(at(1, "a"))
+    store.put(at(1, "a"))
+    assert refused(at(0, "a")), "backwards"
+    assert refused(at(1, "b")), "same fragment, another reader"
+    store.put(at(1, "b"), take_over=True)
+    assert refused(at(1, "a")), "the reader that was taken over"
+    store.put(at(2, "a"))
+    assert refused(at(2, "b")), "the reader that lost the race to the next fragment"
+    store.put(at(2, "b", completed=True, end_reason="stream_ended"))
+    assert refused(at(3, "a")) and refused(at(3, "a"), take_over=True), "completed is final"
+    assert store.get(CONTACT_A) == at(2, "b", completed=True, end_reason="stream_ended")
 
 
 def test_cli_stops_cleanly_on_sigterm(aws_endpoint, session):
@@ -230,12 +536,14 @@ def test_cli_stops_cleanly_on_sigterm(aws_endpoint, session):
     }
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from connectors.kvs.worker import main; sys.exit(main())",
-         "--endpoint-url", aws_endpoint, "--region", REGION],
+         "--endpoint-url", aws_endpoint, "--region", REGION, "--checkpoint-table", "cli-checkpoints",
+         "--max-idle-s", "2.5"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
         for line in process.stdout:
             if "connector worker started" in line:
+                assert "checkpoints=on max_idle_s=2.5" in line
                 break
         process.send_signal(signal.SIGTERM)
         output = process.stdout.read()
@@ -260,3 +568,23 @@ def test_media_source_asks_for_the_data_endpoint_once_per_stream(session, emulat
             body = b"".join(source.open(stream_arn, {"StartSelectorType": "EARLIEST"}))
             assert body.startswith(b"\x1a\x45\xdf\xa3")
         stub.assert_no_pending_responses()
+
+
+def test_media_source_retries_limits_and_server_errors_but_not_a_missing_stream(session):
+    stream_arn = "arn:aws:kinesisvideo:us-east-1:123456789012:stream/connect-pool-9/1"
+    kinesisvideo = session.client("kinesisvideo")
+    source = KvsMediaSource(kinesisvideo, session=session)
+    expected = {
+        "ClientLimitExceededException": (400, True),
+        "InvalidEndpointException": (400, True),
+        "InternalFailure": (500, True),
+        "ResourceNotFoundException": (404, False),
+        "NotAuthorizedException": (401, False),
+    }
+    with Stubber(kinesisvideo) as stub:
+        for code, (status, _) in expected.items():
+            stub.add_client_error("get_data_endpoint", service_error_code=code, http_status_code=status)
+        for code, (_, retryable) in expected.items():
+            with pytest.raises(MediaSourceError) as raised:
+                source.open(stream_arn, {"StartSelectorType": "NOW"})
+            assert (raised.value.code, raised.value.retryable) == (code, retryable)
