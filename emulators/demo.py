@@ -25,7 +25,8 @@ from typing import Callable
 from connectors.connect.handler import contact_event_handler, contact_flow_handler
 from connectors.kinesis.producer import KinesisRecordProducer
 from connectors.kvs.media import KvsMediaSource
-from connectors.kvs.worker import ConnectorWorker
+from connectors.kvs.checkpoints import DynamoDbCheckpointStore
+from connectors.kvs.worker import ConnectorWorker, ReadSettings
 from emulators.connect.simulator import ConnectCallSimulator, SimulatedCall
 from emulators.demo_report import DemoReport, build_report, read_audit
 from emulators.stack import LocalStack, StackSettings
@@ -37,6 +38,7 @@ log = logging.getLogger("demo")
 
 JOB_START_TIMEOUT_S = 240.0
 WARM_UP_CONTACT_ID = "demo-warm-up"
+DEMO_MAX_IDLE_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,10 @@ def run_demo(options: DemoOptions) -> DemoReport:
             stack.queue_url,
             KvsMediaSource(stack.client("kinesisvideo"), media_endpoint_override=stack.kvs.endpoint_url),
             producer,
+            checkpoint_store=DynamoDbCheckpointStore(stack.client("dynamodb"), settings.checkpoint_table),
+            # Emulated calls never pause mid-call, so the demo need not wait the
+            # production default before declaring a silent contact over.
+            read_settings=ReadSettings(max_idle_s=DEMO_MAX_IDLE_S),
         )
         worker_thread = threading.Thread(target=worker.run, args=(stop_worker,), name="kvs-connector")
         try:

@@ -112,7 +112,7 @@ class LocalStack:
     def _create_work_queue(self) -> str:
         s = self.settings
         sqs = self.client("sqs")
-        attributes = {}
+        attributes: dict[str, str] = {}
         if s.dead_letter_queue:
             self.dead_letter_queue_url = sqs.create_queue(QueueName=s.dead_letter_queue)["QueueUrl"]
             dead_letter_arn = sqs.get_queue_attributes(

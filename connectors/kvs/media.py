@@ -59,6 +59,25 @@ class MediaSource(Protocol):
         ...
 
 
+def _available_chunks(body: Any, chunk_size: int) -> Iterator[bytes]:
+    """Body bytes as soon as they arrive, at most ``chunk_size`` at a time.
+
+    ``StreamingBody.iter_chunks`` calls ``read(chunk_size)``, which blocks until that many
+    bytes have arrived. A fragment's tail (its ContactId tag among it) then waits for the
+    next fragment, about a second with Connect, and the last fragment for the end of the
+    response: measured in the demo, fragments reached KDS one fragment late. urllib3's
+    ``read1`` returns what has arrived, so a fragment is released when its last byte lands.
+    botocore exposes the urllib3 response only as ``_raw_stream``; without it (another
+    HTTP stack) the blocking iterator is the fallback.
+    """
+    read1 = getattr(getattr(body, "_raw_stream", None), "read1", None)
+    if read1 is None:
+        yield from body.iter_chunks(chunk_size)
+        return
+    while chunk := read1(chunk_size):
+        yield chunk
+
+
 class KvsMediaSource:
     """GetMedia through boto3: one HTTP connection per call, both tracks in it.
 
@@ -113,7 +132,7 @@ class KvsMediaSource:
 
     def _read(self, body: Any) -> Iterator[bytes]:
         try:
-            yield from body.iter_chunks(self.chunk_size)
+            yield from _available_chunks(body, self.chunk_size)
         except (BotoCoreError, OSError) as exc:
             raise MediaSourceError("read_failed", str(exc), retryable=True) from exc
         finally:

@@ -15,17 +15,21 @@ descended into rather than buffered; only leaf elements that carry something rep
 (a block, a tag string, a track name, ...) are buffered whole, and those are limited by
 ``max_element_size``; anything else (Void, CRC-32, CodecPrivate, unknown IDs) is skipped
 by discarding its bytes as they arrive. Buffered bytes are never re-parsed: a partial
-element header (at most 12 bytes) is the only thing looked at again when more arrives.
+element header (at most 12 bytes) is the only thing looked at again when more arrives,
+and the chunks of a leaf still arriving are only joined once it is complete.
 
 Which elements are descended into or read depends on the parent, and is written down as
 data in ``_CHILD_MASTERS`` / ``_CHILD_LEAVES`` / ``_ENDED_BY``.
 
-How it stays fast: a call is ~100 elements per second of audio, so per-element Python
-overhead, not byte handling, is what a parse costs. :meth:`MkvStreamParser._parse` is
-one loop over local variables: no object per element header, state of the innermost
-open master cached in locals and reloaded only when the stack of open masters changes,
-table lookups for vint lengths, ``struct`` for multi-byte fields, and a master's end
-checked with one comparison of the position against the nearest known end.
+How it stays fast: a Connect call is ~100 elements and ~30 chunks per second of audio,
+so the cost of a parse is Python's per-element and per-chunk overhead, not the bytes.
+:meth:`MkvStreamParser._parse` is one loop over local variables, with no object per
+element header; it reloads what it knows about the innermost open master only when a
+master starts or ends, and finds a master's end by comparing the position with one
+number. Inside a Cluster, a fast path decodes SimpleBlocks laid out as KVS writes them
+with one ``struct`` call each. And because KVS repeats the EBML header, the Tracks and
+most Tags byte for byte in every fragment, the events of such a master, when it is
+whole in the buffer, are looked up by its bytes instead of parsed again.
 """
 
 from __future__ import annotations
@@ -82,13 +86,12 @@ _ENDED_BY: Final[dict[int, frozenset[int]]] = {
 #: means the input is not Matroska (or we lost sync) and is reported as an error.
 _TOP_LEVEL_SKIPPED: Final = frozenset({ebml.VOID, ebml.CRC32})
 
-# What the parse loop does with a child, looked up by parent in one step. A child with
-# no action is skipped.
+# What the parse loop does with an element, looked up by parent and ID in one step.
 _DESCEND: Final = 1
 _READ: Final = 2
 _SKIP: Final = 3
 
-_CHILD_ACTIONS: Final[dict[int | None, dict[int, int]]] = {
+_CHILD_ACTIONS: Final[dict[int | None, Mapping[int, int]]] = {
     parent: {
         **dict.fromkeys(_CHILD_LEAVES.get(parent, ()), _READ),
         **dict.fromkeys(_CHILD_MASTERS.get(parent, ()), _DESCEND),
@@ -97,31 +100,51 @@ _CHILD_ACTIONS: Final[dict[int | None, dict[int, int]]] = {
 }
 _NO_CHILD_ACTIONS: Final[Mapping[int, int]] = {}
 
-#: Masters whose children are kept until the master ends, which then reports them as
-#: one event. A Cluster's leaves (Timecode, SimpleBlock) are reported as they are read.
+#: Masters that keep their leaves until they end, and then report them as one event. A
+#: Cluster's leaves (Timecode, SimpleBlock) are reported as soon as they are read.
 _COLLECTS_CHILDREN: Final = frozenset(_CHILD_LEAVES) - {ebml.CLUSTER}
 
+#: Masters whose events depend on nothing but their own bytes, and that KVS repeats byte
+#: for byte from fragment to fragment (the EBML header, Tracks, Connect's per-contact
+#: Tags). Only masters already whole in the buffer are looked up, so input is never held
+#: back for this, and only small ones are kept, a bounded number, oldest dropped first.
+_MEMOIZED_MASTERS: Final = frozenset({ebml.EBML_HEADER, ebml.INFO, ebml.TRACKS, ebml.TAGS})
+_MEMO_MAX_ELEMENT_BYTES: Final = 4096
+_MEMO_CAPACITY: Final = 64
+
 #: The limit of an element with no known end around it: beyond any offset, since sizes
-#: are below 2**56, so "has the position reached the limit" needs no None check.
+#: are below 2**56, so that reaching the limit is one comparison with no None check.
 _NO_LIMIT: Final = 1 << 64
 _NOT_ENDED_BY_ANYTHING: Final[frozenset[int]] = frozenset()
 
+#: Where a memoized master's events start in the event list, and the bytes they are
+#: recorded under when it ends.
+_MemoRecording: TypeAlias = tuple[bytes, int]
+
 #: A master being descended into: (element_id, start, end, limit, children,
-#: child_actions, ended_by). ``end`` is None for an unknown size; ``limit`` is the
-#: nearest known end among this element and its ancestors (where it is certainly over);
-#: ``children`` is None unless it is in ``_COLLECTS_CHILDREN``; ``ended_by`` is empty
-#: unless it has unknown size. A tuple rather than a class because one is made for
-#: every master of every fragment, and a tuple is several times cheaper to build.
+#: child_actions, ended_by, memo_recording). ``end`` is None for an unknown size;
+#: ``limit`` is the nearest known end among this element and its ancestors (where it is
+#: certainly over); ``children`` is None when nothing is done at its end, else the
+#: leaves kept for its event; ``ended_by`` is empty unless it has unknown size. A tuple
+#: rather than a class because one is built for every master of every fragment and a
+#: tuple is several times cheaper to build.
 _OpenMaster: TypeAlias = tuple[
-    int | None, int, int | None, int, dict[int, bytes] | None, Mapping[int, int], frozenset[int]
+    int | None,
+    int,
+    int | None,
+    int,
+    dict[int, bytes] | None,
+    Mapping[int, int],
+    frozenset[int],
+    _MemoRecording | None,
 ]
 #: The bottom of the stack, so that the loop always has a parent: the stream itself.
 _TOP_LEVEL: Final[_OpenMaster] = (
-    None, 0, None, _NO_LIMIT, None, _CHILD_ACTIONS[None], _NOT_ENDED_BY_ANYTHING
+    None, 0, None, _NO_LIMIT, None, _CHILD_ACTIONS[None], _NOT_ENDED_BY_ANYTHING, None
 )
 
 #: A leaf whose header has been read and whose body has not all arrived:
-#: (element_id, start, size).
+#: (element_id, start, size). Its body is the start of the unparsed bytes.
 _PendingLeaf: TypeAlias = tuple[int, int, int]
 
 #: ``_ID_LENGTHS[first_byte]``: length of an element ID, 0 if it would exceed Matroska's
@@ -129,21 +152,25 @@ _PendingLeaf: TypeAlias = tuple[int, int, int]
 _ID_LENGTHS: Final = tuple(
     length if length <= ebml.MAX_ID_LENGTH else 0 for length in ebml.VINT_LENGTHS
 )
-_SIZE_MASK_8: Final = ebml.VALUE_MASKS[8]
 _SIZE_MASK_1: Final = ebml.VALUE_MASKS[1]
+_SIZE_MASK_8: Final = ebml.VALUE_MASKS[8]
 _read_u32_at: Final = struct.Struct(">I").unpack_from
 _read_u64_at: Final = struct.Struct(">Q").unpack_from
+
 #: The header of a block with a one-byte track number: track vint, signed 16-bit
 #: relative timecode, flags.
 _read_short_block_header_at: Final = struct.Struct(">BhB").unpack_from
 _SHORT_BLOCK_HEADER_BYTES: Final = 4
-#: A SimpleBlock as KVS writes it: ID 0xA3, 8-byte size, then the short block header.
+_ONE_BYTE_VINT_MARKER: Final = 0x80
+#: A SimpleBlock as KVS writes it: ID 0xA3, an 8-byte size, then the short block header.
 _read_kvs_block_header_at: Final = struct.Struct(">BQBhB").unpack_from
 _KVS_ELEMENT_HEADER_BYTES: Final = 9
 _KVS_BLOCK_HEADER_BYTES: Final = _KVS_ELEMENT_HEADER_BYTES + _SHORT_BLOCK_HEADER_BYTES
-#: The length marker of an 8-byte size vint, as an 8-byte integer.
+#: An 8-byte size vint read as an integer is its value plus this length marker.
 _SIZE_MARKER_8: Final = 1 << 56
-_ONE_BYTE_VINT_MARKER: Final = 0x80
+#: What :meth:`MkvStreamParser._read_blocks` returns when it stopped at a block whose
+#: body has not all arrived (not a position: positions are never negative).
+_AWAITING_BLOCK: Final = -1
 
 _MATROSKA_DEFAULT_TIMECODE_SCALE: Final = 1_000_000
 _MAX_UINT_BYTES: Final = 8
@@ -183,14 +210,19 @@ class MkvStreamParser:
 
     def __init__(self, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
         self._max_element_size = max_element_size
-        # Between feeds the buffer holds only what is not parsed yet: a partial element
-        # header, or the received part of a pending leaf's body.
-        self._buffer = bytearray()
-        self._buffer_position = 0  # stream offset of _buffer[0]
+        # The largest SimpleBlock the fast path reads; it also rules out an unknown size.
+        self._max_fast_block_size = min(max_element_size, ebml.MAX_SIZE)
+        # What is not parsed yet: a partial element header, or the received part of a
+        # pending leaf's body. Chunks are joined only once parsing can go on, so a large
+        # leaf arriving in small chunks is copied once, not once per chunk.
+        self._unparsed: list[bytes] = []
+        self._bytes_needed = 0  # to complete the pending leaf; 0 if any byte may help
+        self._buffer_position = 0  # stream offset of the first unparsed byte
         self._open: list[_OpenMaster] = [_TOP_LEVEL]
         self._pending_leaf: _PendingLeaf | None = None
         self._skip_remaining = 0
         self._cluster_timecode: int | None = None
+        self._memo: dict[bytes, tuple[MkvEvent, ...]] = {}
         self._events: list[MkvEvent] = []
         self._error: MkvError | None = None
         self._closed = False
@@ -201,13 +233,27 @@ class MkvStreamParser:
             raise self._error
         if self._closed:
             raise MkvError("feed() after close()", self._buffer_position)
-        self._buffer += data
+        if data.__class__ is not bytes:
+            # Unparsed input is kept by reference: a bytearray the caller reuses must
+            # not change under the parser.
+            data = bytes(data)
+        unparsed = self._unparsed
+        if len(data) < self._bytes_needed:
+            unparsed.append(data)
+            self._bytes_needed -= len(data)
+            return []
+        if unparsed:
+            unparsed.append(data)
+            data = b"".join(unparsed)
+            unparsed.clear()
         try:
-            self._parse()
+            self._parse(data)
         except MkvError as error:
             self._error = error
             raise
-        return self._take_events()
+        events = self._events
+        self._events = []
+        return events
 
     def close(self) -> list[MkvEvent]:
         """Signal the end of input. Raises :class:`MkvError` if it ends inside an
@@ -224,10 +270,8 @@ class MkvStreamParser:
         except MkvError as error:
             self._error = error
             raise
-        return self._take_events()
-
-    def _take_events(self) -> list[MkvEvent]:
-        events, self._events = self._events, []
+        events = self._events
+        self._events = []
         return events
 
     def _check_complete(self) -> None:
@@ -236,7 +280,7 @@ class MkvStreamParser:
             element_id, start, size = self._pending_leaf
             raise MkvError(
                 f"input ends inside {ebml.describe(element_id)}: "
-                f"{size} body bytes expected, {len(self._buffer)} received",
+                f"{size} body bytes expected, {sum(map(len, self._unparsed))} received",
                 start,
             )
         if self._skip_remaining:
@@ -244,7 +288,7 @@ class MkvStreamParser:
                 f"input ends {self._skip_remaining} bytes before the end of a skipped element",
                 position,
             )
-        if self._buffer:
+        if self._unparsed:
             raise MkvError("input ends inside an element header", position)
         for element_id, start, end, *_ in self._open[1:]:
             if end is not None:
@@ -254,39 +298,51 @@ class MkvStreamParser:
                     start,
                 )
 
-    def _parse(self) -> None:
-        """Parse what the buffer holds, then drop the parsed bytes from it.
+    def _parse(self, buffer: bytes) -> None:
+        """Parse ``buffer``, the unparsed bytes followed by the new ones; keep the part
+        that cannot be parsed yet.
 
-        One iteration is one element: its header is read (unless a pending leaf or skip
-        is resumed), a master is pushed, and a leaf is read or skipped once its body is
-        all in the buffer. Positions are indices into the buffer; the stream offset of
-        index 0 is ``buffer_position``, which does not change within a call. The
-        ``parent_*`` locals, ``child_actions`` and ``ended_by`` always describe
-        ``open_masters[-1]`` (with its limit as an index), and are reloaded whenever a
-        master is pushed or popped.
+        One iteration handles one element: it reads the header (unless it resumes a
+        pending leaf or skip), pushes a master, and reads or skips a leaf once its body
+        is all in the buffer. Positions are indices into ``buffer``, whose first byte is
+        at stream offset ``buffer_position``. Invariant: ``parent_id``,
+        ``parent_limit`` (as an index), ``parent_children``, ``child_actions`` and
+        ``ended_by`` describe ``open_masters[-1]``; they are reloaded whenever a master
+        is pushed or popped, and at the top of the loop no open master ends at
+        ``position`` any more.
         """
-        buffer = self._buffer
+        position = 0
+        pending_leaf = self._pending_leaf
+        if (
+            pending_leaf is not None
+            and pending_leaf[0] == ebml.SIMPLE_BLOCK
+            and self._cluster_timecode is not None
+        ):
+            position = self._read_blocks(buffer, 0)
+            if position == _AWAITING_BLOCK:
+                return
         available = len(buffer)
         buffer_position = self._buffer_position
-        max_element_size = self._max_element_size
         events = self._events
         open_masters = self._open
-        cluster_timecode = self._cluster_timecode
-        parent_id, _, _, parent_limit, parent_children, child_actions, ended_by = open_masters[-1]
+        parent_id, _, _, parent_limit, parent_children, child_actions, ended_by, _ = (
+            open_masters[-1]
+        )
         parent_limit -= buffer_position
-        position = 0
+        cluster_timecode = self._cluster_timecode
 
-        # The element whose body is being read or skipped, if any; a pending leaf or
-        # skip left by the previous feed starts at index 0.
+        # The element whose body is read (action _READ) or skipped (_SKIP) next, if any:
+        # a pending leaf or skip left by the previous call has its body at index 0.
         action: int | None = None
         element_id = element_start = body_start = body_end = 0
-        if self._skip_remaining:
-            action, body_end = _SKIP, self._skip_remaining
-            self._skip_remaining = 0
-        elif self._pending_leaf is not None:
+        if self._pending_leaf is not None:
             element_id, element_start, body_end = self._pending_leaf
             action = _READ
             self._pending_leaf = None
+            self._bytes_needed = 0
+        elif self._skip_remaining:
+            action, body_end = _SKIP, self._skip_remaining
+            self._skip_remaining = 0
 
         while True:
             while position == parent_limit:
@@ -294,53 +350,15 @@ class MkvStreamParser:
                     open_masters.pop()
                 else:
                     self._end_master(open_masters.pop())
-                parent_id, _, _, parent_limit, parent_children, child_actions, ended_by = (
+                parent_id, _, _, parent_limit, parent_children, child_actions, ended_by, _ = (
                     open_masters[-1]
                 )
                 parent_limit -= buffer_position
 
             if action is None and parent_id == ebml.CLUSTER and cluster_timecode is not None:
-                # Fast path for the bulk of a call: SimpleBlocks as KVS writes them, one
-                # after another in a Cluster (one-byte ID, 8-byte size, one-byte track
-                # number, no lacing). One struct call decodes element and block header.
-                # Anything else - another element, a shorter size field, lacing, a block
-                # too big or running past the Cluster, an incomplete header - leaves the
-                # loop with the position at that element, so the general path below reads
-                # it and raises the same errors as ever. A block whose body has not all
-                # arrived is handed to the general path as the leaf being read.
-                while position + _KVS_BLOCK_HEADER_BYTES <= available:
-                    element_id, size_field, track_vint, relative_timecode, flags = (
-                        _read_kvs_block_header_at(buffer, position)
-                    )
-                    size = size_field - _SIZE_MARKER_8
-                    if not (
-                        element_id == ebml.SIMPLE_BLOCK
-                        and _SHORT_BLOCK_HEADER_BYTES <= size <= max_element_size
-                        and size <= ebml.MAX_SIZE
-                        and track_vint & _ONE_BYTE_VINT_MARKER
-                        and not flags & _LACING_MASK
-                    ):
-                        break
-                    body_start = position + _KVS_ELEMENT_HEADER_BYTES
-                    body_end = body_start + size
-                    if body_end > parent_limit:
-                        break
-                    if body_end > available:
-                        element_start = buffer_position + position
-                        position = body_start
-                        action = _READ
-                        break
-                    events.append(
-                        Frame(
-                            track_vint & _SIZE_MASK_1,
-                            cluster_timecode + relative_timecode,
-                            bytes(buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end]),
-                            flags & _KEYFRAME_FLAG != 0,
-                        )
-                    )
-                    position = body_end
-                    if position == parent_limit:
-                        break
+                position = self._read_blocks(buffer, position)
+                if position == _AWAITING_BLOCK:
+                    return
                 if position == parent_limit:
                     continue
 
@@ -384,12 +402,13 @@ class MkvStreamParser:
                     size_mask = ebml.VALUE_MASKS[size_length]
                     size = int.from_bytes(buffer[size_position:body_start], "big") & size_mask
                     unknown_size = size == size_mask
+                header_start = position
                 element_start = buffer_position + position
                 position = body_start
 
                 if element_id in ended_by:
                     self._end_unknown_size_masters(element_id)
-                    (parent_id, _, _, parent_limit, parent_children, child_actions, ended_by) = (
+                    parent_id, _, _, parent_limit, parent_children, child_actions, ended_by, _ = (
                         open_masters[-1]
                     )
                     parent_limit -= buffer_position
@@ -397,31 +416,55 @@ class MkvStreamParser:
 
                 if unknown_size:
                     self._open_unknown_size_master(element_id, element_start, action)
-                    (parent_id, _, _, parent_limit, parent_children, child_actions, ended_by) = (
+                    parent_id, _, _, parent_limit, parent_children, child_actions, ended_by, _ = (
                         open_masters[-1]
                     )
                     parent_limit -= buffer_position
-                    if parent_id == ebml.CLUSTER:
-                        cluster_timecode = None
+                    cluster_timecode = self._cluster_timecode
                     action = None
                     continue
                 body_end = body_start + size
                 if body_end > parent_limit:
                     raise self._past_parent_end(element_id, element_start, size, body_end)
                 if action == _DESCEND:
+                    action = None
+                    memo_recording = None
+                    if (
+                        element_id in _MEMOIZED_MASTERS
+                        and body_end <= available
+                        and size <= _MEMO_MAX_ELEMENT_BYTES
+                    ):
+                        element_bytes = buffer[header_start:body_end]
+                        memoized_events = self._memo.get(element_bytes)
+                        if memoized_events is not None:
+                            events += memoized_events
+                            position = body_end
+                            continue
+                        memo_recording = (element_bytes, len(events))
                     if element_id == ebml.CLUSTER:
                         # Reset at the start only: a block is read inside a Cluster, so
                         # no block can see the previous Cluster's timecode.
                         cluster_timecode = self._cluster_timecode = None
                     parent_id, parent_limit = element_id, body_end
-                    parent_children = {} if element_id in _COLLECTS_CHILDREN else None
+                    if element_id in _COLLECTS_CHILDREN or memo_recording is not None:
+                        parent_children = {}
+                    else:
+                        parent_children = None
                     child_actions = _CHILD_ACTIONS.get(element_id, _NO_CHILD_ACTIONS)
                     ended_by = _NOT_ENDED_BY_ANYTHING
                     end = buffer_position + body_end
                     open_masters.append(
-                        (element_id, element_start, end, end, parent_children, child_actions, ended_by)
+                        (
+                            element_id,
+                            element_start,
+                            end,
+                            end,
+                            parent_children,
+                            child_actions,
+                            ended_by,
+                            memo_recording,
+                        )
                     )
-                    action = None
                     continue
                 if action == _SKIP and parent_id is None and element_id not in _TOP_LEVEL_SKIPPED:
                     raise MkvError(
@@ -429,10 +472,10 @@ class MkvStreamParser:
                         "expected an EBML header or a Segment",
                         element_start,
                     )
-                if size > max_element_size:
+                if size > self._max_element_size:
                     raise MkvError(
                         f"{ebml.describe(element_id)} of size {size} exceeds the "
-                        f"limit of {max_element_size} bytes",
+                        f"limit of {self._max_element_size} bytes",
                         element_start,
                     )
 
@@ -442,6 +485,7 @@ class MkvStreamParser:
                     position = available
                 else:
                     self._pending_leaf = (element_id, element_start, body_end - body_start)
+                    self._bytes_needed = body_end - available
                 break
             if action == _READ:
                 if element_id == ebml.SIMPLE_BLOCK:
@@ -458,29 +502,105 @@ class MkvStreamParser:
                             Frame(
                                 track_vint & _SIZE_MASK_1,
                                 cluster_timecode + relative_timecode,
-                                bytes(buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end]),
+                                buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end],
                                 flags & _KEYFRAME_FLAG != 0,
                             )
                         )
                     else:
                         self._emit_frames(
-                            element_start, bytes(buffer[body_start:body_end]), keyframe=None
+                            element_start, buffer[body_start:body_end], keyframe=None
                         )
-                elif element_id == ebml.TIMECODE:
+                elif parent_children is not None:
+                    parent_children[element_id] = buffer[body_start:body_end]
+                else:
+                    # The only other leaf read in a Cluster is its Timecode.
                     cluster_timecode = _read_uint(buffer[body_start:body_end], element_start)
                     self._cluster_timecode = cluster_timecode
                     events.append(ClusterStart(cluster_timecode))
-                else:
-                    assert parent_children is not None
-                    parent_children[element_id] = bytes(buffer[body_start:body_end])
             position = body_end
             action = None
 
-        # Each byte is moved at most once: what remains is a partial header or the
-        # received part of a pending leaf, and the position does not advance past a
-        # pending leaf until all of it has arrived.
-        del buffer[:position]
+        # What remains is a partial header or the received part of a pending leaf; the
+        # position does not advance past a pending leaf until all of it has arrived.
+        if position < available:
+            self._unparsed.append(buffer[position:])
         self._buffer_position = buffer_position + position
+
+    def _read_blocks(self, buffer: bytes, position: int) -> int:
+        """The fast path for the bulk of a call: read the SimpleBlocks that follow one
+        another from ``position`` in the Cluster open at the top of the stack, as long
+        as they are laid out as KVS writes them (one-byte ID, 8-byte size, one-byte
+        track number, no lacing); then return the position of the first element left to
+        the general path in :meth:`_parse`. A pending SimpleBlock, whose body starts at
+        index 0, is completed first.
+
+        Each block takes one struct call and no other per-element work, which is safe
+        because such a block cannot start or end a master other than by reaching the
+        Cluster's end (checked here) and is checked against the same size limit. Whatever
+        does not fit - another element, another size length, lacing, a block too big or
+        running past the Cluster, an incomplete header - is left where it starts for the
+        general path, which reads it (and raises the same errors) as it always did.
+        A block whose body has not all arrived becomes the pending leaf; then the rest of
+        the buffer is kept and :data:`_AWAITING_BLOCK` returned.
+        """
+        available = len(buffer)
+        buffer_position = self._buffer_position
+        cluster_limit = self._open[-1][3] - buffer_position
+        cluster_timecode = self._cluster_timecode
+        assert cluster_timecode is not None
+        events = self._events
+        pending_leaf = self._pending_leaf
+        if pending_leaf is not None:
+            _, _, size = pending_leaf
+            if size < _SHORT_BLOCK_HEADER_BYTES:
+                return position
+            track_vint, relative_timecode, flags = _read_short_block_header_at(buffer, 0)
+            if not track_vint & _ONE_BYTE_VINT_MARKER or flags & _LACING_MASK:
+                return position
+            self._pending_leaf = None
+            self._bytes_needed = 0
+            events.append(
+                Frame(
+                    track_vint & _SIZE_MASK_1,
+                    cluster_timecode + relative_timecode,
+                    buffer[_SHORT_BLOCK_HEADER_BYTES:size],
+                    flags & _KEYFRAME_FLAG != 0,
+                )
+            )
+            position = size
+        max_block_size = self._max_fast_block_size
+        while position != cluster_limit and position + _KVS_BLOCK_HEADER_BYTES <= available:
+            element_id, size_field, track_vint, relative_timecode, flags = (
+                _read_kvs_block_header_at(buffer, position)
+            )
+            size = size_field - _SIZE_MARKER_8
+            if not (
+                element_id == ebml.SIMPLE_BLOCK
+                and _SHORT_BLOCK_HEADER_BYTES <= size <= max_block_size
+                and track_vint & _ONE_BYTE_VINT_MARKER
+                and not flags & _LACING_MASK
+            ):
+                break
+            body_start = position + _KVS_ELEMENT_HEADER_BYTES
+            body_end = body_start + size
+            if body_end > cluster_limit:
+                break
+            if body_end > available:
+                self._pending_leaf = (element_id, buffer_position + position, size)
+                self._bytes_needed = body_end - available
+                self._unparsed.append(buffer[body_start:])
+                self._buffer_position = buffer_position + body_start
+                return _AWAITING_BLOCK
+            events.append(
+                Frame(
+                    track_vint & _SIZE_MASK_1,
+                    cluster_timecode + relative_timecode,
+                    buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end],
+                    flags & _KEYFRAME_FLAG != 0,
+                )
+            )
+            position = body_end
+        return position
 
     def _end_unknown_size_masters(self, next_element_id: int) -> None:
         while next_element_id in self._open[-1][6]:
@@ -495,17 +615,16 @@ class MkvStreamParser:
             )
         if element_id == ebml.CLUSTER:
             self._cluster_timecode = None
-        parent_limit = self._open[-1][3]
-        children = {} if element_id in _COLLECTS_CHILDREN else None
         self._open.append(
             (
                 element_id,
                 start,
                 None,
-                parent_limit,
-                children,
+                self._open[-1][3],
+                {} if element_id in _COLLECTS_CHILDREN else None,
                 _CHILD_ACTIONS.get(element_id, _NO_CHILD_ACTIONS),
                 _ENDED_BY[element_id],
+                None,
             )
         )
 
@@ -520,7 +639,7 @@ class MkvStreamParser:
         )
 
     def _end_master(self, master: _OpenMaster) -> None:
-        element_id, start, _, _, children, *_ = master
+        element_id, start, _, _, children, _, _, memo_recording = master
         if children is None:
             return
         if element_id == ebml.EBML_HEADER:
@@ -564,6 +683,12 @@ class MkvStreamParser:
             else:
                 value = _read_string(string or b"")
             self._events.append(Tag(_read_string(children.get(ebml.TAG_NAME, b"")), value))
+        if memo_recording is not None:
+            element_bytes, first_event = memo_recording
+            memo = self._memo
+            if len(memo) >= _MEMO_CAPACITY:
+                del memo[next(iter(memo))]
+            memo[element_bytes] = tuple(self._events[first_event:])
 
     def _emit_frames(self, block_start: int, block: bytes, *, keyframe: bool | None) -> None:
         """Report a SimpleBlock (``keyframe`` None: read from its flags) or a Block."""
