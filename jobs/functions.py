@@ -14,7 +14,14 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.functions import FlatMapFunction
 from pyflink.datastream.state import ValueStateDescriptor
 
-from pipeline.assembler import AudioChunk, CompletenessMismatch, ContactAudioAssembler, ContactClosed
+from pipeline.assembler import (
+    AudioChunk,
+    CompletenessMismatch,
+    ContactAudioAssembler,
+    ContactClosed,
+    ContactExpired,
+    EndRecordMissing,
+)
 from pipeline.audit import ColumnKind, audit_columns, audit_values
 from pipeline.config import PipelineConfig
 from pipeline.records import AudioEnd, AudioFrame, ContactEvent, RecordError, decode_audio_record
@@ -52,23 +59,30 @@ class ContactAssemblerFunction(KeyedProcessFunction):
     """Keyed by ContactId; keeps one ``ContactAudioAssembler`` per contact in state."""
 
     def __init__(self, config: PipelineConfig) -> None:
-        self.chunk_ms = config["assembler.chunk_ms"]
-        self.enrich_max_wait_ms = config["enrich.max_wait_ms"]
+        self.assembler_options = {
+            "chunk_ms": config["assembler.chunk_ms"],
+            "enrich_max_wait_ms": config["enrich.max_wait_ms"],
+            "reorder_window_ms": config["assembler.reorder_window_ms"],
+            "idle_flush_ms": config["assembler.idle_flush_ms"],
+            "state_grace_ms": config["assembler.state_grace_ms"],
+        }
         self.ready_file = config["job.ready_file"]
         self.state = None
+        self.timer_state = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(
             ValueStateDescriptor("contact-assembler", Types.PICKLED_BYTE_ARRAY())
         )
+        # The assembler's next deadline moves with every frame; remembering the timer
+        # already registered keeps it to one pending timer per contact, not one per frame.
+        self.timer_state = runtime_context.get_state(ValueStateDescriptor("contact-timer", Types.LONG()))
         if self.ready_file:
             Path(self.ready_file).touch()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         tag, contact_id, record = value
-        assembler = self.state.value() or ContactAudioAssembler(
-            contact_id, self.chunk_ms, self.enrich_max_wait_ms
-        )
+        assembler = self.state.value() or ContactAudioAssembler(contact_id, **self.assembler_options)
         now = _now_ms()
         if tag == EVENT:
             outputs = assembler.on_event(record, now)
@@ -78,26 +92,42 @@ class ContactAssemblerFunction(KeyedProcessFunction):
             outputs = assembler.on_frame(record, now)
         else:
             outputs = []
-        yield from self._emit(assembler, outputs, ctx)
+        yield from self._emit(assembler, outputs, ctx, now)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        self.timer_state.clear()
         assembler = self.state.value()
         if assembler is not None:
-            yield from self._emit(assembler, assembler.on_timer(_now_ms()), ctx)
+            now = _now_ms()
+            yield from self._emit(assembler, assembler.on_timer(now), ctx, now)
 
-    def _emit(self, assembler: ContactAudioAssembler, outputs, ctx):
-        self.state.update(assembler)
-        timer = assembler.next_timer_ms()
-        if timer is not None:
-            ctx.timer_service().register_processing_time_timer(timer)
+    def _emit(self, assembler: ContactAudioAssembler, outputs, ctx, now: int):
+        if any(isinstance(output, ContactExpired) for output in outputs):
+            self.state.clear()
+            self.timer_state.clear()
+        else:
+            self.state.update(assembler)
+            self._schedule(assembler.next_timer_ms(), ctx, now)
         for output in outputs:
             if isinstance(output, CompletenessMismatch):
                 log.error(
                     "contact %s track %s incomplete: END says %d samples, assembled %d",
                     output.contact_id, output.track.label, output.expected_samples, output.assembled_samples,
                 )
-                continue
-            yield output
+            elif isinstance(output, EndRecordMissing):
+                log.error(
+                    "contact %s ended without an END record from the connector (customer %d, agent %d samples)",
+                    output.contact_id, output.customer_samples, output.agent_samples,
+                )
+            elif not isinstance(output, ContactExpired):
+                yield output
+
+    def _schedule(self, deadline: int | None, ctx, now: int) -> None:
+        registered = self.timer_state.value()
+        if deadline is None or (registered is not None and now < registered <= deadline):
+            return
+        ctx.timer_service().register_processing_time_timer(deadline)
+        self.timer_state.update(deadline)
 
 
 class CrestaDeliveryFunction(FlatMapFunction):

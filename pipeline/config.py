@@ -65,6 +65,20 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: MIN_CHUNK_MS <= v <= MAX_CHUNK_MS, f"{MIN_CHUNK_MS}..{MAX_CHUNK_MS}",
     ),
     Setting(
+        "assembler.reorder_window_ms", 500, int,
+        "how long out-of-order frames are waited for before a gap is filled with silence",
+        lambda v: 0 <= v <= 10_000, "0..10000",
+    ),
+    Setting(
+        "assembler.idle_flush_ms", 2000, int,
+        "a partial chunk is sent after this long without new audio", lambda v: v >= 100, ">= 100",
+    ),
+    Setting(
+        "assembler.state_grace_ms", 60_000, int,
+        "keyed state is kept this long after a contact ended (late replays are dropped)",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
         "enrich.max_wait_ms", 2000, int,
         "how long audio waits for the contact's STARTED event", lambda v: v >= 0, ">= 0",
     ),

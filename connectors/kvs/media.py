@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -65,17 +66,17 @@ def _available_chunks(body: Any, chunk_size: int) -> Iterator[bytes]:
     ``StreamingBody.iter_chunks`` calls ``read(chunk_size)``, which blocks until that many
     bytes have arrived. A fragment's tail (its ContactId tag among it) then waits for the
     next fragment, about a second with Connect, and the last fragment for the end of the
-    response: measured in the demo, fragments reached KDS one fragment late. urllib3's
-    ``read1`` returns what has arrived, so a fragment is released when its last byte lands.
-    botocore exposes the urllib3 response only as ``_raw_stream``; without it (another
-    HTTP stack) the blocking iterator is the fallback.
+    response: measured in the demo, fragments reached KDS one fragment late. GetMedia
+    answers with chunked transfer encoding, and urllib3's ``read_chunked`` yields each
+    HTTP chunk as it lands while still raising on a response cut short. botocore exposes
+    the urllib3 response only as ``_raw_stream``; without it (another HTTP stack) the
+    blocking iterator is the fallback.
     """
-    read1 = getattr(getattr(body, "_raw_stream", None), "read1", None)
-    if read1 is None:
+    raw = getattr(body, "_raw_stream", None)
+    if raw is None or not getattr(raw, "chunked", False):
         yield from body.iter_chunks(chunk_size)
         return
-    while chunk := read1(chunk_size):
-        yield chunk
+    yield from raw.read_chunked(chunk_size, decode_content=False)
 
 
 class KvsMediaSource:
@@ -133,7 +134,9 @@ class KvsMediaSource:
     def _read(self, body: Any) -> Iterator[bytes]:
         try:
             yield from _available_chunks(body, self.chunk_size)
-        except (BotoCoreError, OSError) as exc:
+        # urllib3's errors come unwrapped from read_chunked (botocore wraps them only in
+        # its own read path).
+        except (BotoCoreError, OSError, urllib3.exceptions.HTTPError) as exc:
             raise MediaSourceError("read_failed", str(exc), retryable=True) from exc
         finally:
             body.close()
