@@ -32,13 +32,14 @@ from emulators.demo_report import DemoReport, build_report, read_audit
 from emulators.stack import LocalStack, StackSettings
 from pipeline.audio import write_wav_pcm16
 from pipeline.config import load_config
-from pipeline.records import ContactEvent, EventType, Track
+from pipeline.records import AudioFrame, ContactEvent, EventType, Track, decode_audio_record
 
 log = logging.getLogger("demo")
 
 JOB_START_TIMEOUT_S = 240.0
 WARM_UP_CONTACT_ID = "demo-warm-up"
 DEMO_MAX_IDLE_S = 4.0
+DEMO_VISIBILITY_TIMEOUT_S = 5
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class DemoOptions:
     parallelism: int
     fragment_ms: int
     as_json: bool
+    connector_workers: int
+    kill_connector_after_s: float | None
 
 
 def parse_args(argv: list[str] | None) -> DemoOptions:
@@ -69,11 +72,23 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
     parser.add_argument("--parallelism", type=int, default=1, help="Flink job parallelism (default 1)")
     parser.add_argument("--fragment-ms", type=int, default=1000, help="KVS fragment length (default 1000, as Connect)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    parser.add_argument(
+        "--connector-workers", type=int, default=2,
+        help="KVS connector worker processes sharing the work queue (default 2)",
+    )
+    parser.add_argument(
+        "--kill-connector-after-seconds", type=float, default=None, metavar="S",
+        help="SIGKILL one connector worker S seconds after the calls start; the others resume its contacts",
+    )
     args = parser.parse_args(argv)
     if args.calls < 1 or args.call_seconds <= 0:
         parser.error("--calls must be >= 1 and --call-seconds > 0")
     if not 20 <= args.chunk_ms <= 1000:
         parser.error("--chunk-ms must be within 20..1000")
+    if args.connector_workers < 1:
+        parser.error("--connector-workers must be >= 1")
+    if args.kill_connector_after_seconds is not None and args.connector_workers < 2:
+        parser.error("--kill-connector-after-seconds needs --connector-workers of 2 or more")
     return DemoOptions(
         calls=args.calls,
         call_seconds=args.call_seconds,
@@ -83,22 +98,53 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
         parallelism=args.parallelism,
         fragment_ms=args.fragment_ms,
         as_json=args.json,
+        connector_workers=args.connector_workers,
+        kill_connector_after_s=args.kill_connector_after_seconds,
     )
 
 
-class JobProcess:
-    """The PyFlink job in its own process group, so stopping it stops its JVM too."""
+class ChildProcess:
+    """A child in its own process group, so stopping it stops what it started (a JVM)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.log_file = log_path.open("wb")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ChildProcess":
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when a host dies."""
+        if self.running():
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.running():
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log_file.close()
+
+
+class JobProcess(ChildProcess):
+    """The PyFlink job (`cresta-pipeline job run`) on a local minicluster."""
 
     def __init__(self, config_path: Path, env: dict[str, str], log_path: Path, ready_file: Path) -> None:
+        super().__init__([sys.executable, "-m", "jobs.audio_job", "--config", str(config_path)], env, log_path)
         self.ready_file = ready_file
-        self.log_file = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "jobs.audio_job", "--config", str(config_path)],
-            env=env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.start()
 
     def wait_ready(self, timeout_s: float, warm_up: Callable[[], None]) -> None:
         """Until the job's Python operators are up.
@@ -110,24 +156,34 @@ class JobProcess:
         deadline = time.monotonic() + timeout_s
         next_warm_up = 0.0
         while not self.ready_file.exists():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the Flink job exited with code {self.process.returncode}; see {self.log_file.name}")
+            if not self.running():
+                raise RuntimeError(f"the Flink job exited with code {self.process.poll()}; see {self.log_path}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the Flink job did not start within {timeout_s:.0f} s; see {self.log_file.name}")
+                raise RuntimeError(f"the Flink job did not start within {timeout_s:.0f} s; see {self.log_path}")
             if time.monotonic() >= next_warm_up:
                 warm_up()
                 next_warm_up = time.monotonic() + 2.0
             time.sleep(0.2)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log_file.close()
+
+def start_connector_workers(stack: LocalStack, count: int, env: dict[str, str], logs: Path) -> list[ChildProcess]:
+    """`cresta-pipeline connector run` processes sharing the work queue and checkpoints."""
+    argv = [
+        sys.executable, "-m", "jobs.cli", "connector", "run",
+        "--endpoint-url", stack.endpoint_url,
+        "--queue-url", stack.queue_url,
+        "--frames-stream", stack.settings.audio_frames_stream,
+        "--kvs-media-endpoint", stack.kvs.endpoint_url,
+        "--checkpoint-table", stack.settings.checkpoint_table,
+        # Emulated calls never pause mid-call, so a silent stream is a finished call
+        # sooner than production's default allows for.
+        "--max-idle-s", str(DEMO_MAX_IDLE_S),
+        # A killed worker's contacts come back to the queue within seconds, and resume
+        # from a checkpoint at most one fragment old.
+        "--visibility-timeout-s", str(DEMO_VISIBILITY_TIMEOUT_S),
+        "--checkpoint-interval-s", "0",
+    ]
+    return [ChildProcess(argv, env, logs / f"connector-{i}.log") for i in range(count)]
 
 
 def run_demo(options: DemoOptions) -> DemoReport:
@@ -137,6 +193,7 @@ def run_demo(options: DemoOptions) -> DemoReport:
     ready_file = out / "logs" / "job.ready"
     ready_file.unlink(missing_ok=True)
     settings = StackSettings(kvs_pool_size=options.calls)
+    killed_at: float | None = None
     with LocalStack(settings) as stack:
         stack.apply_environment()
         env = {**os.environ, **stack.aws_environment(), **stack.cresta_environment()}
@@ -156,44 +213,62 @@ def run_demo(options: DemoOptions) -> DemoReport:
         config_path.write_text(json.dumps(config.to_property_groups(), indent=2))
         progress(options, "starting the Flink job (local minicluster)…")
         job = JobProcess(config_path, env, out / "logs" / "job.log", ready_file)
-        stop_worker = threading.Event()
-        producer = KinesisRecordProducer(stack.client("kinesis"), settings.audio_frames_stream)
-        worker = ConnectorWorker(
-            stack.client("sqs"),
-            stack.queue_url,
-            KvsMediaSource(stack.client("kinesisvideo"), media_endpoint_override=stack.kvs.endpoint_url),
-            producer,
-            checkpoint_store=DynamoDbCheckpointStore(stack.client("dynamodb"), settings.checkpoint_table),
-            # Emulated calls never pause mid-call, so the demo need not wait the
-            # production default before declaring a silent contact over.
-            read_settings=ReadSettings(max_idle_s=DEMO_MAX_IDLE_S),
-        )
-        worker_thread = threading.Thread(target=worker.run, args=(stop_worker,), name="kvs-connector")
+        workers: list[ChildProcess] = []
         try:
             job.wait_ready(JOB_START_TIMEOUT_S, lambda: send_warm_up_event(stack))
-            worker_thread.start()
-            progress(options, f"job running; playing {options.calls} call(s) of {options.call_seconds:g} s…")
-            calls = play_calls(stack, options)
+            workers = start_connector_workers(stack, options.connector_workers, env, out / "logs")
+            progress(
+                options,
+                f"job running, {len(workers)} connector worker(s); "
+                f"playing {options.calls} call(s) of {options.call_seconds:g} s…",
+            )
+            if options.kill_connector_after_s is None:
+                for worker in workers:
+                    worker.start()
+                calls = play_calls(stack, options)
+            else:
+                calls = play_calls_and_kill_a_worker(stack, options, workers)
+                killed_at = options.kill_connector_after_s
+                progress(options, f"connector worker 0 was killed at {killed_at:g} s; the others resumed its contacts")
             progress(options, "calls ended; waiting for the audit trail to hold every contact…")
             wait_for_audit(audit_dir, calls, timeout_s=120 + options.call_seconds, job=job)
         finally:
-            stop_worker.set()
-            if worker_thread.is_alive():
-                worker_thread.join(timeout=30)
-            producer.close()
+            for worker in workers:
+                worker.stop()
             job.stop()
         received = stack.cresta.calls()
         stack.cresta.write_wavs(out / "cresta")
+        frames_read = count_frame_records(stack)
     write_source_wavs(out / "source", calls)
     report = build_report(
         calls=calls,
         audit=read_audit(audit_dir),
         cresta_calls=received,
         chunk_ms=options.chunk_ms,
-        frames_read=worker.frames_published,
+        frames_read=frames_read,
     )
+    report.summary["connector_workers"] = options.connector_workers
+    report.summary["connector_killed_at_s"] = killed_at
     (out / "summary.json").write_text(json.dumps(report.summary, indent=2))
     return report
+
+
+def count_frame_records(stack: LocalStack) -> int:
+    """AudioFrame records the connectors put on KDS (replays after a kill included)."""
+    kinesis = stack.client("kinesis")
+    stream = stack.settings.audio_frames_stream
+    count = 0
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            count += sum(isinstance(decode_audio_record(r["Data"]), AudioFrame) for r in response["Records"])
+            if not response["Records"] or not response.get("MillisBehindLatest"):
+                break
+            iterator = response.get("NextShardIterator")
+    return count
 
 
 def send_warm_up_event(stack: LocalStack) -> None:
@@ -206,6 +281,40 @@ def send_warm_up_event(stack: LocalStack) -> None:
     stack.client("kinesis").put_record(
         StreamName=stack.settings.contact_events_stream, Data=event.encode(), PartitionKey=event.contact_id
     )
+
+
+def play_calls_and_kill_a_worker(
+    stack: LocalStack, options: DemoOptions, workers: list[ChildProcess]
+) -> list[SimulatedCall]:
+    """Worker 0 takes every call first, then is SIGKILLed mid-call; the others resume.
+
+    The other workers join only once worker 0 holds all the work items, so the kill
+    always interrupts live contacts rather than an idle process.
+    """
+    workers[0].start()
+    sqs = stack.client("sqs")
+
+    def join_when_worker_0_holds_every_call() -> None:
+        deadline = time.monotonic() + options.kill_connector_after_s
+        while time.monotonic() < deadline:
+            attributes = sqs.get_queue_attributes(
+                QueueUrl=stack.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+            )["Attributes"]
+            if int(attributes["ApproximateNumberOfMessagesNotVisible"]) >= options.calls:
+                break
+            time.sleep(0.1)
+        for worker in workers[1:]:
+            worker.start()
+
+    joiner = threading.Thread(target=join_when_worker_0_holds_every_call, name="join-workers")
+    killer = threading.Timer(options.kill_connector_after_s, workers[0].kill)
+    joiner.start()
+    killer.start()
+    try:
+        return play_calls(stack, options)
+    finally:
+        joiner.join()
+        killer.join()
 
 
 def play_calls(stack: LocalStack, options: DemoOptions) -> list[SimulatedCall]:
@@ -235,7 +344,7 @@ def wait_for_audit(audit_dir: Path, calls: list[SimulatedCall], timeout_s: float
             done = {(row["contact_id"], row["track"]) for row in finals}
         if wanted <= done:
             return
-        if job.process.poll() is not None:
+        if not job.running():
             raise RuntimeError("the Flink job stopped before the audit trail was complete")
         if time.monotonic() > deadline:
             raise RuntimeError(f"audit trail incomplete after {timeout_s:.0f} s: missing {sorted(wanted - done)[:4]}…")

@@ -25,26 +25,33 @@ CALL_SECONDS = 4
 CHUNK_MS = 100
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("demo")
+def run_demo_cli(out: Path, *extra: str) -> dict:
+    """`cresta-pipeline demo` as a user runs it; returns the summary from its last line."""
     result = subprocess.run(
         [
             sys.executable, "-m", "jobs.cli", "demo",
             "--calls", str(CALLS), "--call-seconds", str(CALL_SECONDS),
-            "--chunk-ms", str(CHUNK_MS), "--audit-audio", "--json", "--out", str(out),
+            "--chunk-ms", str(CHUNK_MS), "--audit-audio", "--json", "--out", str(out), *extra,
         ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    return out, summary
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo_cli(out)
 
 
 def test_summary_reports_every_chunk_once(demo_run):
-    _, summary = demo_run
+    assert_every_chunk_once(demo_run[1])
+
+
+def assert_every_chunk_once(summary: dict) -> None:
     full_chunks = CALLS * 2 * (CALL_SECONDS * 1000 // CHUNK_MS)
     # Each track ends with a final chunk holding the remainder: empty here.
     expected_chunks = full_chunks + CALLS * 2
@@ -68,7 +75,10 @@ def test_summary_json_file_matches_stdout(demo_run):
 
 
 def test_audit_trail_holds_the_source_audio_exactly(demo_run):
-    out, summary = demo_run
+    assert_audit_holds_source_audio(*demo_run)
+
+
+def assert_audit_holds_source_audio(out: Path, summary: dict) -> None:
     partitions = [p.relative_to(out / "audit") for p in (out / "audit").glob("dt=*/hour=*")]
     assert partitions, "no dt=…/hour=… partitions"
     table = ds.dataset(str(out / "audit"), format="parquet", partitioning="hive").to_table()
@@ -95,7 +105,10 @@ def test_audit_trail_holds_the_source_audio_exactly(demo_run):
 
 
 def test_cresta_received_the_mulaw_of_the_source(demo_run):
-    out, summary = demo_run
+    assert_cresta_received_source_audio(*demo_run)
+
+
+def assert_cresta_received_source_audio(out: Path, summary: dict) -> None:
     for contact_id in summary["contacts"]:
         customer = read_wav(out / "source" / contact_id / "customer.wav").data
         agent = read_wav(out / "source" / contact_id / "agent.wav").data
@@ -104,3 +117,16 @@ def test_cresta_received_the_mulaw_of_the_source(demo_run):
             received = read_wav(out / "cresta" / contact_id / f"{track}.wav")
             assert (received.format_tag, received.sample_rate, received.channels) == (WAVE_FORMAT_MULAW, 8000, 1)
             assert received.data == pcm16_to_mulaw(source)
+
+
+def test_a_killed_connector_worker_loses_and_duplicates_nothing(tmp_path):
+    # Worker 0 dies mid-call with SIGKILL; the other worker gets its contacts from the
+    # queue and resumes them from their DynamoDB checkpoints.
+    summary = run_demo_cli(tmp_path, "--connector-workers", "2", "--kill-connector-after-seconds", "2")
+    assert summary["connector_killed_at_s"] == 2
+    survivor_log = (tmp_path / "logs" / "connector-1.log").read_text()
+    for contact_id in summary["contacts"]:
+        assert f"contact resuming from checkpoint contact_id={contact_id}" in survivor_log
+    assert_every_chunk_once(summary)
+    assert_audit_holds_source_audio(tmp_path, summary)
+    assert_cresta_received_source_audio(tmp_path, summary)
