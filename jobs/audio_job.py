@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from pyflink.common import Configuration, Types
+from pyflink.common import Configuration, Encoder, Types
 from pyflink.common.typeinfo import LocalTimeTypeInfo
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import (
@@ -27,9 +27,9 @@ from pyflink.datastream.formats.parquet import ParquetBulkWriters
 from pyflink.table import DataTypes
 
 from connectors.kinesis.flink_source import raw_bytes_consumer
-from jobs.functions import ContactAssemblerFunction, CrestaDeliveryFunction, decode_audio, decode_event
+from jobs.functions import AUDIO, ERRORS, EVENT, ContactAssemblerFunction, CrestaDeliveryFunction, RecordDecoder
 from pipeline.audit import ColumnKind, audit_columns
-from pipeline.config import SETTINGS, ConfigError, PipelineConfig, load_config
+from pipeline.config import SETTINGS, ConfigError, PipelineConfig, errors_path, load_config
 
 log = logging.getLogger("jobs.audio_job")
 
@@ -75,21 +75,40 @@ def audit_sink(config: PipelineConfig) -> FileSink:
 
 def build_job(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
     raw = Types.PRIMITIVE_ARRAY(Types.BYTE())
-    audio = env.add_source(
-        raw_bytes_consumer(config["kinesis.audio_frames_stream"], config), "audio-frames", raw
-    ).flat_map(decode_audio).name("decode-audio-frames")
-    events = env.add_source(
-        raw_bytes_consumer(config["kinesis.contact_events_stream"], config), "contact-events", raw
-    ).flat_map(decode_event).name("decode-contact-events")
-    (
+    audio_stream, events_stream = config["kinesis.audio_frames_stream"], config["kinesis.contact_events_stream"]
+    audio = env.add_source(raw_bytes_consumer(audio_stream, config), audio_stream, raw).process(
+        RecordDecoder(AUDIO, audio_stream)
+    ).name("decode-audio-frames")
+    events = env.add_source(raw_bytes_consumer(events_stream, config), events_stream, raw).process(
+        RecordDecoder(EVENT, events_stream)
+    ).name("decode-contact-events")
+    assembled = (
         audio.union(events)
         .key_by(lambda tagged: tagged[1], key_type=Types.STRING())
         .process(ContactAssemblerFunction(config))
         .name("assemble-contact-audio")
-        .flat_map(CrestaDeliveryFunction(config), output_type=audit_type_info(config["audit.include_audio"]))
+    )
+    (
+        assembled.flat_map(CrestaDeliveryFunction(config), output_type=audit_type_info(config["audit.include_audio"]))
         .name("deliver-to-cresta")
         .sink_to(audit_sink(config))
         .name("audit-parquet")
+    )
+    (
+        audio.get_side_output(ERRORS)
+        .union(events.get_side_output(ERRORS), assembled.get_side_output(ERRORS))
+        .sink_to(errors_sink(config))
+        .name("errors-jsonl")
+    )
+
+
+def errors_sink(config: PipelineConfig) -> FileSink:
+    return (
+        FileSink.for_row_format(errors_path(config), Encoder.simple_string_encoder())
+        .with_bucket_assigner(BucketAssigner.date_time_bucket_assigner("'dt='yyyy-MM-dd'/hour='HH", "UTC"))
+        .with_output_file_config(OutputFileConfig.builder().with_part_prefix("errors").with_part_suffix(".jsonl").build())
+        .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
+        .build()
     )
 
 

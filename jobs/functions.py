@@ -6,11 +6,11 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Callable
 
 from pyflink.common import Row
 from pyflink.common.typeinfo import Types
-from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.functions import FlatMapFunction
 from pyflink.datastream.state import ValueStateDescriptor
 
@@ -24,6 +24,7 @@ from pipeline.assembler import (
 )
 from pipeline.audit import ColumnKind, audit_columns, audit_values
 from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
 from pipeline.records import AudioEnd, AudioFrame, ContactEvent, RecordError, decode_audio_record
 
 log = logging.getLogger(__name__)
@@ -31,28 +32,40 @@ log = logging.getLogger(__name__)
 #: Tags on the unified keyed stream: (tag, contact_id, decoded record).
 AUDIO = "audio"
 EVENT = "event"
+#: Side output of every function that finds bad input: one JSON line per finding.
+ERRORS = OutputTag("errors", Types.STRING())
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def decode_audio(data: bytes) -> Iterable[tuple[str, str, object]]:
-    try:
-        record = decode_audio_record(bytes(data))
-    except RecordError as exc:
-        log.warning("dropped invalid audio record (%s)", exc)
-        return []
-    return [(AUDIO, record.contact_id, record)]
+def _decode_audio(data: bytes) -> tuple[str, str, object]:
+    record = decode_audio_record(data)
+    return AUDIO, record.contact_id, record
 
 
-def decode_event(data: bytes) -> Iterable[tuple[str, str, object]]:
-    try:
-        event = ContactEvent.decode(bytes(data))
-    except RecordError as exc:
-        log.warning("dropped invalid contact event (%s)", exc)
-        return []
-    return [(EVENT, event.contact_id, event)]
+def _decode_event(data: bytes) -> tuple[str, str, object]:
+    event = ContactEvent.decode(data)
+    return EVENT, event.contact_id, event
+
+
+class RecordDecoder(ProcessFunction):
+    """Raw Kinesis records → tagged records; undecodable ones go to the error output."""
+
+    DECODERS: dict[str, Callable[[bytes], tuple[str, str, object]]] = {AUDIO: _decode_audio, EVENT: _decode_event}
+
+    def __init__(self, kind: str, source: str) -> None:
+        self.kind = kind
+        self.source = source
+
+    def process_element(self, value, ctx: ProcessFunction.Context):
+        data = bytes(value)
+        try:
+            yield self.DECODERS[self.kind](data)
+        except RecordError as exc:
+            log.warning("invalid record on %s (%s)", self.source, exc)
+            yield ERRORS, PipelineError(_now_ms(), self.source, exc.reason, str(exc), raw=data).to_json()
 
 
 class ContactAssemblerFunction(KeyedProcessFunction):
@@ -110,17 +123,24 @@ class ContactAssemblerFunction(KeyedProcessFunction):
             self._schedule(assembler.next_timer_ms(), ctx, now)
         for output in outputs:
             if isinstance(output, CompletenessMismatch):
-                log.error(
-                    "contact %s track %s incomplete: END says %d samples, assembled %d",
-                    output.contact_id, output.track.label, output.expected_samples, output.assembled_samples,
+                yield ERRORS, self._error(
+                    now, output.contact_id, "completeness_mismatch",
+                    f"track {output.track.label}: END says {output.expected_samples} samples, "
+                    f"assembled {output.assembled_samples}",
                 )
             elif isinstance(output, EndRecordMissing):
-                log.error(
-                    "contact %s ended without an END record from the connector (customer %d, agent %d samples)",
-                    output.contact_id, output.customer_samples, output.agent_samples,
+                yield ERRORS, self._error(
+                    now, output.contact_id, "end_record_missing",
+                    f"contact ended without the connector's END record (customer {output.customer_samples}, "
+                    f"agent {output.agent_samples} samples assembled)",
                 )
             elif not isinstance(output, ContactExpired):
                 yield output
+
+    @staticmethod
+    def _error(now: int, contact_id: str, reason: str, message: str) -> str:
+        log.error("contact %s: %s: %s", contact_id, reason, message)
+        return PipelineError(now, "assembler", reason, message, contact_id=contact_id).to_json()
 
     def _schedule(self, deadline: int | None, ctx, now: int) -> None:
         registered = self.timer_state.value()

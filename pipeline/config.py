@@ -91,7 +91,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("audit.path", "", str, "audit trail root: file:///… or s3://bucket/prefix"),
     Setting("audit.include_audio", False, _bool, "add the pcm column (PII: off by default)"),
-    Setting("errors.path", "", str, "root of the error output; defaults to <audit.path>/../errors"),
+    Setting("errors.path", "", str, "root of the error output (JSON lines); default: errors/ beside audit.path"),
     Setting("flink.parallelism", 1, int, "job parallelism", lambda v: v >= 1, ">= 1"),
     Setting(
         "flink.checkpoint_interval_ms", 2000, int,
@@ -136,6 +136,14 @@ class PipelineConfig(Mapping[str, Any]):
             group, name = key.split(".", 1)
             groups.setdefault(group, {})[name] = str(value).lower() if isinstance(value, bool) else str(value)
         return [{"PropertyGroupId": g, "PropertyMap": m} for g, m in groups.items()]
+
+
+def errors_path(config: Mapping[str, Any]) -> str:
+    """``errors.path``, or an ``errors`` folder beside the audit trail's root."""
+    if config["errors.path"]:
+        return config["errors.path"]
+    parent, _, _ = config["audit.path"].rstrip("/").rpartition("/")
+    return f"{parent}/errors"
 
 
 def load_config(

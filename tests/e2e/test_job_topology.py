@@ -23,7 +23,9 @@ def test_execution_plan_wires_sources_assembler_delivery_and_audit_sink(tmp_path
     plan = json.loads(env.get_execution_plan())
     nodes = {node["id"]: node for node in plan["nodes"]}
     names = " | ".join(node["contents"] for node in nodes.values())
-    for expected in ("audio-frames", "contact-events", "assemble-contact-audio", "deliver-to-cresta", "audit-parquet"):
+    for expected in (
+        "audio-frames", "contact-events", "assemble-contact-audio", "deliver-to-cresta", "audit-parquet", "errors-jsonl",
+    ):
         assert expected in names, names
     keyed_inputs = [
         pred["ship_strategy"]
