@@ -40,6 +40,8 @@ JOB_START_TIMEOUT_S = 240.0
 WARM_UP_CONTACT_ID = "demo-warm-up"
 DEMO_MAX_IDLE_S = 4.0
 DEMO_VISIBILITY_TIMEOUT_S = 5
+#: How long the kill may wait beyond its time for worker 0 to hold every call.
+WORK_ITEM_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,10 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
     )
     parser.add_argument(
         "--kill-connector-after-seconds", type=float, default=None, metavar="S",
-        help="SIGKILL one connector worker S seconds after the calls start; the others resume its contacts",
+        help=(
+            "SIGKILL connector worker 0 S seconds into the calls (later if it does not yet hold every "
+            "call); the others resume its contacts from their checkpoints"
+        ),
     )
     args = parser.parse_args(argv)
     if args.calls < 1 or args.call_seconds <= 0:
@@ -288,14 +293,15 @@ def play_calls_and_kill_a_worker(
 ) -> list[SimulatedCall]:
     """Worker 0 takes every call first, then is SIGKILLed mid-call; the others resume.
 
-    The other workers join only once worker 0 holds all the work items, so the kill
-    always interrupts live contacts rather than an idle process.
+    The other workers join only once worker 0 holds all the work items, and the kill
+    waits for that too, so it always interrupts live contacts rather than an idle process.
     """
     workers[0].start()
     sqs = stack.client("sqs")
+    started = time.monotonic()
 
-    def join_when_worker_0_holds_every_call() -> None:
-        deadline = time.monotonic() + options.kill_connector_after_s
+    def kill_worker_0_mid_call() -> None:
+        deadline = started + options.kill_connector_after_s + WORK_ITEM_WAIT_S
         while time.monotonic() < deadline:
             attributes = sqs.get_queue_attributes(
                 QueueUrl=stack.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
@@ -305,15 +311,14 @@ def play_calls_and_kill_a_worker(
             time.sleep(0.1)
         for worker in workers[1:]:
             worker.start()
+        time.sleep(max(0.0, started + options.kill_connector_after_s - time.monotonic()))
+        workers[0].kill()
 
-    joiner = threading.Thread(target=join_when_worker_0_holds_every_call, name="join-workers")
-    killer = threading.Timer(options.kill_connector_after_s, workers[0].kill)
-    joiner.start()
+    killer = threading.Thread(target=kill_worker_0_mid_call, name="kill-connector")
     killer.start()
     try:
         return play_calls(stack, options)
     finally:
-        joiner.join()
         killer.join()
 
 
