@@ -138,11 +138,6 @@ def vint_length(first_byte: int) -> int:
     return VINT_LENGTHS[first_byte]
 
 
-def is_unknown_size(value: int, length: int) -> bool:
-    """Whether a size vint's value bits are all ones (the reserved "unknown" value)."""
-    return value == VALUE_MASKS[length]
-
-
 def encode_id(element_id: int) -> bytes:
     return element_id.to_bytes((element_id.bit_length() + 7) // 8, "big")
 

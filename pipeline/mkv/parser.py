@@ -16,20 +16,21 @@ descended into rather than buffered; only leaf elements that carry something rep
 ``max_element_size``; anything else (Void, CRC-32, CodecPrivate, unknown IDs) is skipped
 by discarding its bytes as they arrive. Buffered bytes are never re-parsed: a partial
 element header (at most 12 bytes) is the only thing looked at again when more arrives,
-and the chunks of a leaf still arriving are only joined once it is complete.
+and the chunks of a leaf that is still arriving are joined once, when it is complete.
 
 Which elements are descended into or read depends on the parent, and is written down as
 data in ``_CHILD_MASTERS`` / ``_CHILD_LEAVES`` / ``_ENDED_BY``.
 
 How it stays fast: a Connect call is ~100 elements and ~30 chunks per second of audio,
-so the cost of a parse is Python's per-element and per-chunk overhead, not the bytes.
-:meth:`MkvStreamParser._parse` is one loop over local variables, with no object per
-element header; it reloads what it knows about the innermost open master only when a
-master starts or ends, and finds a master's end by comparing the position with one
-number. Inside a Cluster, a fast path decodes SimpleBlocks laid out as KVS writes them
-with one ``struct`` call each. And because KVS repeats the EBML header, the Tracks and
-most Tags byte for byte in every fragment, the events of such a master, when it is
-whole in the buffer, are looked up by its bytes instead of parsed again.
+so what a parse costs is Python's work per element and per chunk, not per byte.
+:meth:`MkvStreamParser._parse` is one loop over local variables that builds no object
+per element header, reloads what it knows of the innermost open master only when a
+master starts or ends, and sees a master end by comparing the position with one number.
+Inside a Cluster, :meth:`MkvStreamParser._read_blocks` reads SimpleBlocks laid out as
+KVS writes them with one ``struct`` call each. And KVS repeats the EBML header, Info and
+Tracks byte for byte in every fragment, as Connect does with its per-contact Tags: when
+such a master is whole in the buffer, its events are looked up by its bytes instead of
+being parsed again (``_MEMOIZED_MASTERS``).
 """
 
 from __future__ import annotations
@@ -86,11 +87,11 @@ _ENDED_BY: Final[dict[int, frozenset[int]]] = {
 #: means the input is not Matroska (or we lost sync) and is reported as an error.
 _TOP_LEVEL_SKIPPED: Final = frozenset({ebml.VOID, ebml.CRC32})
 
-# What the parse loop does with an element, looked up by parent and ID in one step.
+# What the parse loop does with an element: the tables above as one lookup by parent,
+# then by ID. An ID missing from its parent's actions is skipped.
 _DESCEND: Final = 1
 _READ: Final = 2
 _SKIP: Final = 3
-
 _CHILD_ACTIONS: Final[dict[int | None, Mapping[int, int]]] = {
     parent: {
         **dict.fromkeys(_CHILD_LEAVES.get(parent, ()), _READ),
@@ -104,21 +105,23 @@ _NO_CHILD_ACTIONS: Final[Mapping[int, int]] = {}
 #: Cluster's leaves (Timecode, SimpleBlock) are reported as soon as they are read.
 _COLLECTS_CHILDREN: Final = frozenset(_CHILD_LEAVES) - {ebml.CLUSTER}
 
-#: Masters whose events depend on nothing but their own bytes, and that KVS repeats byte
-#: for byte from fragment to fragment (the EBML header, Tracks, Connect's per-contact
-#: Tags). Only masters already whole in the buffer are looked up, so input is never held
-#: back for this, and only small ones are kept, a bounded number, oldest dropped first.
+#: Masters whose events depend on nothing but their own bytes, and that KVS repeats
+#: byte for byte from fragment to fragment. Only a master already whole in the buffer is
+#: looked up, so no input is held back for this. The memo keeps the events of at most
+#: ``_MEMO_CAPACITY`` masters of at most ``_MEMO_MAX_ELEMENT_BYTES`` each (KVS's are a
+#: few hundred bytes), dropping the least recently used: more entries than the masters
+#: one fragment repeats (9 in a Connect stream), and a fixed bound whatever the input.
 _MEMOIZED_MASTERS: Final = frozenset({ebml.EBML_HEADER, ebml.INFO, ebml.TRACKS, ebml.TAGS})
-_MEMO_MAX_ELEMENT_BYTES: Final = 4096
-_MEMO_CAPACITY: Final = 64
+_MEMO_MAX_ELEMENT_BYTES: Final = 2048
+_MEMO_CAPACITY: Final = 16
 
 #: The limit of an element with no known end around it: beyond any offset, since sizes
 #: are below 2**56, so that reaching the limit is one comparison with no None check.
 _NO_LIMIT: Final = 1 << 64
 _NOT_ENDED_BY_ANYTHING: Final[frozenset[int]] = frozenset()
 
-#: Where a memoized master's events start in the event list, and the bytes they are
-#: recorded under when it ends.
+#: The bytes under which a memoized master's events are recorded when it ends, and
+#: where those events start in the event list.
 _MemoRecording: TypeAlias = tuple[bytes, int]
 
 #: A master being descended into: (element_id, start, end, limit, children,
@@ -126,7 +129,7 @@ _MemoRecording: TypeAlias = tuple[bytes, int]
 #: ``limit`` is the nearest known end among this element and its ancestors (where it is
 #: certainly over); ``children`` is None when nothing is done at its end, else the
 #: leaves kept for its event; ``ended_by`` is empty unless it has unknown size. A tuple
-#: rather than a class because one is built for every master of every fragment and a
+#: rather than a class because one is built for every master of every fragment, and a
 #: tuple is several times cheaper to build.
 _OpenMaster: TypeAlias = tuple[
     int | None,
@@ -144,30 +147,32 @@ _TOP_LEVEL: Final[_OpenMaster] = (
 )
 
 #: A leaf whose header has been read and whose body has not all arrived:
-#: (element_id, start, size). Its body is the start of the unparsed bytes.
+#: (element_id, start, size). The unparsed bytes are the start of its body.
 _PendingLeaf: TypeAlias = tuple[int, int, int]
+#: The same for a SimpleBlock taken by the fast path, whose frame is decoded but for the
+#: payload: (start, size, track_number, timecode, keyframe).
+_AwaitedBlock: TypeAlias = tuple[int, int, int, int, bool]
 
 #: ``_ID_LENGTHS[first_byte]``: length of an element ID, 0 if it would exceed Matroska's
 #: EBMLMaxIDLength (or the byte is zero).
 _ID_LENGTHS: Final = tuple(
     length if length <= ebml.MAX_ID_LENGTH else 0 for length in ebml.VINT_LENGTHS
 )
-_SIZE_MASK_1: Final = ebml.VALUE_MASKS[1]
-_SIZE_MASK_8: Final = ebml.VALUE_MASKS[8]
+_ONE_BYTE_VALUE_MASK: Final = ebml.VALUE_MASKS[1]
+_EIGHT_BYTE_VALUE_MASK: Final = ebml.VALUE_MASKS[8]
+_read_u16_at: Final = struct.Struct(">H").unpack_from
 _read_u32_at: Final = struct.Struct(">I").unpack_from
 _read_u64_at: Final = struct.Struct(">Q").unpack_from
 
-#: The header of a block with a one-byte track number: track vint, signed 16-bit
-#: relative timecode, flags.
-_read_short_block_header_at: Final = struct.Struct(">BhB").unpack_from
-_SHORT_BLOCK_HEADER_BYTES: Final = 4
-_ONE_BYTE_VINT_MARKER: Final = 0x80
-#: A SimpleBlock as KVS writes it: ID 0xA3, an 8-byte size, then the short block header.
+#: A SimpleBlock as KVS writes it: ID 0xA3, an 8-byte size, then the block header with
+#: a one-byte track number vint, a signed 16-bit relative timecode and the flags.
 _read_kvs_block_header_at: Final = struct.Struct(">BQBhB").unpack_from
 _KVS_ELEMENT_HEADER_BYTES: Final = 9
+_SHORT_BLOCK_HEADER_BYTES: Final = 4
 _KVS_BLOCK_HEADER_BYTES: Final = _KVS_ELEMENT_HEADER_BYTES + _SHORT_BLOCK_HEADER_BYTES
 #: An 8-byte size vint read as an integer is its value plus this length marker.
-_SIZE_MARKER_8: Final = 1 << 56
+_EIGHT_BYTE_SIZE_MARKER: Final = 1 << 56
+_ONE_BYTE_VINT_MARKER: Final = 0x80
 #: What :meth:`MkvStreamParser._read_blocks` returns when it stopped at a block whose
 #: body has not all arrived (not a position: positions are never negative).
 _AWAITING_BLOCK: Final = -1
@@ -210,16 +215,17 @@ class MkvStreamParser:
 
     def __init__(self, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
         self._max_element_size = max_element_size
-        # The largest SimpleBlock the fast path reads; it also rules out an unknown size.
+        # The largest SimpleBlock the fast path reads; it also keeps out an unknown size.
         self._max_fast_block_size = min(max_element_size, ebml.MAX_SIZE)
-        # What is not parsed yet: a partial element header, or the received part of a
-        # pending leaf's body. Chunks are joined only once parsing can go on, so a large
-        # leaf arriving in small chunks is copied once, not once per chunk.
+        # The input not parsed yet: a partial element header, or the part of a pending
+        # leaf's body received so far. The chunks are joined when parsing can go on, so
+        # a large leaf arriving in small chunks is copied once, not once per chunk.
         self._unparsed: list[bytes] = []
-        self._bytes_needed = 0  # to complete the pending leaf; 0 if any byte may help
+        self._bytes_needed = 0  # to complete the pending leaf; 0 when any byte may help
         self._buffer_position = 0  # stream offset of the first unparsed byte
         self._open: list[_OpenMaster] = [_TOP_LEVEL]
         self._pending_leaf: _PendingLeaf | None = None
+        self._awaited_block: _AwaitedBlock | None = None
         self._skip_remaining = 0
         self._cluster_timecode: int | None = None
         self._memo: dict[bytes, tuple[MkvEvent, ...]] = {}
@@ -236,7 +242,7 @@ class MkvStreamParser:
         if data.__class__ is not bytes:
             # Unparsed input is kept by reference: a bytearray the caller reuses must
             # not change under the parser.
-            data = bytes(data)
+            data = bytes(memoryview(data))
         unparsed = self._unparsed
         if len(data) < self._bytes_needed:
             unparsed.append(data)
@@ -247,7 +253,11 @@ class MkvStreamParser:
             data = b"".join(unparsed)
             unparsed.clear()
         try:
-            self._parse(data)
+            position = 0
+            if self._awaited_block is not None:
+                position = self._read_blocks(data, 0)
+            if position != _AWAITING_BLOCK:
+                self._parse(data, position)
         except MkvError as error:
             self._error = error
             raise
@@ -276,8 +286,12 @@ class MkvStreamParser:
 
     def _check_complete(self) -> None:
         position = self._buffer_position
-        if self._pending_leaf is not None:
-            element_id, start, size = self._pending_leaf
+        pending_leaf = self._pending_leaf
+        if self._awaited_block is not None:
+            start, size, *_ = self._awaited_block
+            pending_leaf = (ebml.SIMPLE_BLOCK, start, size)
+        if pending_leaf is not None:
+            element_id, start, size = pending_leaf
             raise MkvError(
                 f"input ends inside {ebml.describe(element_id)}: "
                 f"{size} body bytes expected, {sum(map(len, self._unparsed))} received",
@@ -298,29 +312,18 @@ class MkvStreamParser:
                     start,
                 )
 
-    def _parse(self, buffer: bytes) -> None:
-        """Parse ``buffer``, the unparsed bytes followed by the new ones; keep the part
-        that cannot be parsed yet.
+    def _parse(self, buffer: bytes, position: int) -> None:
+        """Parse ``buffer`` (the unparsed bytes, then the new ones) from ``position``,
+        and keep what cannot be parsed yet.
 
-        One iteration handles one element: it reads the header (unless it resumes a
-        pending leaf or skip), pushes a master, and reads or skips a leaf once its body
-        is all in the buffer. Positions are indices into ``buffer``, whose first byte is
-        at stream offset ``buffer_position``. Invariant: ``parent_id``,
-        ``parent_limit`` (as an index), ``parent_children``, ``child_actions`` and
-        ``ended_by`` describe ``open_masters[-1]``; they are reloaded whenever a master
-        is pushed or popped, and at the top of the loop no open master ends at
-        ``position`` any more.
+        One iteration handles one element: it reads the header, unless it resumes a
+        pending leaf or skip, pushes a master, and reads or skips a leaf once its body
+        is all in the buffer; after a leaf in a Cluster, the fast path reads the blocks
+        that follow. Positions are indices into ``buffer``, whose first byte is at stream
+        offset ``buffer_position``. Invariant: ``parent_id``, ``parent_limit`` (as an
+        index), ``parent_children``, ``child_actions`` and ``ended_by`` describe
+        ``open_masters[-1]``; they are reloaded whenever a master is pushed or popped.
         """
-        position = 0
-        pending_leaf = self._pending_leaf
-        if (
-            pending_leaf is not None
-            and pending_leaf[0] == ebml.SIMPLE_BLOCK
-            and self._cluster_timecode is not None
-        ):
-            position = self._read_blocks(buffer, 0)
-            if position == _AWAITING_BLOCK:
-                return
         available = len(buffer)
         buffer_position = self._buffer_position
         events = self._events
@@ -355,13 +358,6 @@ class MkvStreamParser:
                 )
                 parent_limit -= buffer_position
 
-            if action is None and parent_id == ebml.CLUSTER and cluster_timecode is not None:
-                position = self._read_blocks(buffer, position)
-                if position == _AWAITING_BLOCK:
-                    return
-                if position == parent_limit:
-                    continue
-
             if action is None:
                 if position >= available:
                     break
@@ -388,20 +384,23 @@ class MkvStreamParser:
                     break
                 if id_length == 1:
                     element_id = first_byte
+                elif id_length == 2:
+                    element_id = _read_u16_at(buffer, position)[0]
                 elif id_length == 4:
                     element_id = _read_u32_at(buffer, position)[0]
                 else:
                     element_id = int.from_bytes(buffer[position:size_position], "big")
+                # A size whose value bits are all ones is the reserved "unknown size".
                 if size_length == 8:
-                    size = _read_u64_at(buffer, size_position)[0] & _SIZE_MASK_8
-                    unknown_size = size == _SIZE_MASK_8
+                    size = _read_u64_at(buffer, size_position)[0] & _EIGHT_BYTE_VALUE_MASK
+                    unknown_size = size == _EIGHT_BYTE_VALUE_MASK
                 elif size_length == 1:
-                    size = size_first_byte & _SIZE_MASK_1
-                    unknown_size = size == _SIZE_MASK_1
+                    size = size_first_byte & _ONE_BYTE_VALUE_MASK
+                    unknown_size = size == _ONE_BYTE_VALUE_MASK
                 else:
-                    size_mask = ebml.VALUE_MASKS[size_length]
-                    size = int.from_bytes(buffer[size_position:body_start], "big") & size_mask
-                    unknown_size = size == size_mask
+                    value_mask = ebml.VALUE_MASKS[size_length]
+                    size = int.from_bytes(buffer[size_position:body_start], "big") & value_mask
+                    unknown_size = size == value_mask
                 header_start = position
                 element_start = buffer_position + position
                 position = body_start
@@ -435,8 +434,9 @@ class MkvStreamParser:
                         and size <= _MEMO_MAX_ELEMENT_BYTES
                     ):
                         element_bytes = buffer[header_start:body_end]
-                        memoized_events = self._memo.get(element_bytes)
+                        memoized_events = self._memo.pop(element_bytes, None)
                         if memoized_events is not None:
+                            self._memo[element_bytes] = memoized_events  # now the newest
                             events += memoized_events
                             position = body_end
                             continue
@@ -466,7 +466,7 @@ class MkvStreamParser:
                         )
                     )
                     continue
-                if action == _SKIP and parent_id is None and element_id not in _TOP_LEVEL_SKIPPED:
+                if parent_id is None and action == _SKIP and element_id not in _TOP_LEVEL_SKIPPED:
                     raise MkvError(
                         f"unexpected {ebml.describe(element_id)} at the top level; "
                         "expected an EBML header or a Segment",
@@ -488,37 +488,17 @@ class MkvStreamParser:
                     self._bytes_needed = body_end - available
                 break
             if action == _READ:
-                if element_id == ebml.SIMPLE_BLOCK:
-                    if cluster_timecode is None:
-                        raise MkvError("block before its Cluster's Timecode", element_start)
-                    if body_end - body_start >= _SHORT_BLOCK_HEADER_BYTES:
-                        track_vint, relative_timecode, flags = _read_short_block_header_at(
-                            buffer, body_start
-                        )
-                    else:
-                        track_vint = flags = 0
-                    if track_vint & _ONE_BYTE_VINT_MARKER and not flags & _LACING_MASK:
-                        events.append(
-                            Frame(
-                                track_vint & _SIZE_MASK_1,
-                                cluster_timecode + relative_timecode,
-                                buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end],
-                                flags & _KEYFRAME_FLAG != 0,
-                            )
-                        )
-                    else:
-                        self._emit_frames(
-                            element_start, buffer[body_start:body_end], keyframe=None
-                        )
-                elif parent_children is not None:
+                if parent_children is not None:
                     parent_children[element_id] = buffer[body_start:body_end]
                 else:
-                    # The only other leaf read in a Cluster is its Timecode.
-                    cluster_timecode = _read_uint(buffer[body_start:body_end], element_start)
-                    self._cluster_timecode = cluster_timecode
-                    events.append(ClusterStart(cluster_timecode))
+                    self._read_cluster_leaf(element_id, element_start, buffer[body_start:body_end])
+                    cluster_timecode = self._cluster_timecode
             position = body_end
             action = None
+            if parent_id == ebml.CLUSTER and cluster_timecode is not None:
+                position = self._read_blocks(buffer, position)
+                if position == _AWAITING_BLOCK:
+                    return
 
         # What remains is a partial header or the received part of a pending leaf; the
         # position does not advance past a pending leaf until all of it has arrived.
@@ -530,70 +510,65 @@ class MkvStreamParser:
         """The fast path for the bulk of a call: read the SimpleBlocks that follow one
         another from ``position`` in the Cluster open at the top of the stack, as long
         as they are laid out as KVS writes them (one-byte ID, 8-byte size, one-byte
-        track number, no lacing); then return the position of the first element left to
-        the general path in :meth:`_parse`. A pending SimpleBlock, whose body starts at
-        index 0, is completed first.
+        track number, no lacing), and return the position of the first element left to
+        :meth:`_parse`. The awaited block, if any, is completed first: its body is at
+        index 0.
 
-        Each block takes one struct call and no other per-element work, which is safe
-        because such a block cannot start or end a master other than by reaching the
-        Cluster's end (checked here) and is checked against the same size limit. Whatever
-        does not fit - another element, another size length, lacing, a block too big or
-        running past the Cluster, an incomplete header - is left where it starts for the
-        general path, which reads it (and raises the same errors) as it always did.
-        A block whose body has not all arrived becomes the pending leaf; then the rest of
-        the buffer is kept and :data:`_AWAITING_BLOCK` returned.
+        Each block takes one struct call and none of the general path's bookkeeping,
+        which is safe because a SimpleBlock in a Cluster is a leaf that neither opens a
+        master nor ends an unknown-size one, and none is read past the Cluster's end, so
+        the stack of open masters stays as it is. Whatever does not fit - another
+        element, another size length, lacing, a block too big or running past the
+        Cluster, an incomplete header - is left where it starts for the general path,
+        which reads it, and raises the same errors, as it always did. A block whose body
+        has not all arrived becomes the awaited block; then the rest of the buffer is
+        kept and :data:`_AWAITING_BLOCK` returned.
         """
         available = len(buffer)
         buffer_position = self._buffer_position
         cluster_limit = self._open[-1][3] - buffer_position
-        cluster_timecode = self._cluster_timecode
-        assert cluster_timecode is not None
         events = self._events
-        pending_leaf = self._pending_leaf
-        if pending_leaf is not None:
-            _, _, size = pending_leaf
-            if size < _SHORT_BLOCK_HEADER_BYTES:
-                return position
-            track_vint, relative_timecode, flags = _read_short_block_header_at(buffer, 0)
-            if not track_vint & _ONE_BYTE_VINT_MARKER or flags & _LACING_MASK:
-                return position
-            self._pending_leaf = None
+        if self._awaited_block is not None:
+            _, size, track_number, timecode, keyframe = self._awaited_block
+            self._awaited_block = None
             self._bytes_needed = 0
             events.append(
-                Frame(
-                    track_vint & _SIZE_MASK_1,
-                    cluster_timecode + relative_timecode,
-                    buffer[_SHORT_BLOCK_HEADER_BYTES:size],
-                    flags & _KEYFRAME_FLAG != 0,
-                )
+                Frame(track_number, timecode, buffer[_SHORT_BLOCK_HEADER_BYTES:size], keyframe)
             )
             position = size
+        cluster_timecode = self._cluster_timecode
+        assert cluster_timecode is not None
         max_block_size = self._max_fast_block_size
-        while position != cluster_limit and position + _KVS_BLOCK_HEADER_BYTES <= available:
+        while position + _KVS_BLOCK_HEADER_BYTES <= available:
             element_id, size_field, track_vint, relative_timecode, flags = (
                 _read_kvs_block_header_at(buffer, position)
             )
-            size = size_field - _SIZE_MARKER_8
+            size = size_field - _EIGHT_BYTE_SIZE_MARKER
+            body_start = position + _KVS_ELEMENT_HEADER_BYTES
+            body_end = body_start + size
             if not (
                 element_id == ebml.SIMPLE_BLOCK
                 and _SHORT_BLOCK_HEADER_BYTES <= size <= max_block_size
                 and track_vint & _ONE_BYTE_VINT_MARKER
                 and not flags & _LACING_MASK
+                and body_end <= cluster_limit
             ):
                 break
-            body_start = position + _KVS_ELEMENT_HEADER_BYTES
-            body_end = body_start + size
-            if body_end > cluster_limit:
-                break
             if body_end > available:
-                self._pending_leaf = (element_id, buffer_position + position, size)
+                self._awaited_block = (
+                    buffer_position + position,
+                    size,
+                    track_vint & _ONE_BYTE_VALUE_MASK,
+                    cluster_timecode + relative_timecode,
+                    flags & _KEYFRAME_FLAG != 0,
+                )
                 self._bytes_needed = body_end - available
                 self._unparsed.append(buffer[body_start:])
                 self._buffer_position = buffer_position + body_start
                 return _AWAITING_BLOCK
             events.append(
                 Frame(
-                    track_vint & _SIZE_MASK_1,
+                    track_vint & _ONE_BYTE_VALUE_MASK,
                     cluster_timecode + relative_timecode,
                     buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end],
                     flags & _KEYFRAME_FLAG != 0,
@@ -601,6 +576,14 @@ class MkvStreamParser:
             )
             position = body_end
         return position
+
+    def _read_cluster_leaf(self, element_id: int, start: int, body: bytes) -> None:
+        """A Cluster's Timecode, or a SimpleBlock the fast path left to the general one."""
+        if element_id == ebml.TIMECODE:
+            self._cluster_timecode = _read_uint(body, start)
+            self._events.append(ClusterStart(self._cluster_timecode))
+        else:
+            self._emit_frames(start, body, keyframe=None)
 
     def _end_unknown_size_masters(self, next_element_id: int) -> None:
         while next_element_id in self._open[-1][6]:
@@ -630,8 +613,8 @@ class MkvStreamParser:
 
     def _past_parent_end(self, element_id: int, start: int, size: int, end: int) -> MkvError:
         parent_id, _, _, parent_limit, *_ = self._open[-1]
-        overrun = end - (parent_limit - self._buffer_position)
         assert parent_id is not None
+        overrun = end - (parent_limit - self._buffer_position)
         return MkvError(
             f"{ebml.describe(element_id)} of size {size} runs {overrun} bytes past the end "
             f"of its parent {ebml.describe(parent_id)}",
@@ -687,7 +670,7 @@ class MkvStreamParser:
             element_bytes, first_event = memo_recording
             memo = self._memo
             if len(memo) >= _MEMO_CAPACITY:
-                del memo[next(iter(memo))]
+                del memo[next(iter(memo))]  # the least recently used
             memo[element_bytes] = tuple(self._events[first_event:])
 
     def _emit_frames(self, block_start: int, block: bytes, *, keyframe: bool | None) -> None:
