@@ -23,10 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 from connectors.connect.handler import contact_event_handler, contact_flow_handler
-from connectors.kinesis.producer import KinesisRecordProducer
-from connectors.kvs.media import KvsMediaSource
-from connectors.kvs.checkpoints import DynamoDbCheckpointStore
-from connectors.kvs.worker import ConnectorWorker, ReadSettings
 from emulators.connect.simulator import ConnectCallSimulator, SimulatedCall
 from emulators.demo_report import DemoReport, build_report, read_audit
 from emulators.stack import LocalStack, StackSettings

@@ -178,15 +178,13 @@ class ConnectContactStream:
         """The END record: this contact's totals; ends the stream if it has not ended."""
         if not self.ended:
             self._end(reason or EndReason.STREAM_ENDED)
-        return AudioEnd(
-            contact_id=self.contact_id,
-            last_fragment_number=self.last_fragment_number,
-            producer_timestamp_ms=self.last_audio_end_ms,
-            customer_samples=self.samples[Track.CUSTOMER],
-            agent_samples=self.samples[Track.AGENT],
-            customer_frames=self.frames[Track.CUSTOMER],
-            agent_frames=self.frames[Track.AGENT],
-            reason=reason or self.end_reason,
+        return AudioEnd.from_totals(
+            self.contact_id,
+            self.last_fragment_number,
+            self.last_audio_end_ms,
+            self.samples,
+            self.frames,
+            reason or self.end_reason,
         )
 
     # -- events ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import enum
 import json
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 CONTACT_EVENT_SCHEMA = "contact-event/1"
@@ -262,6 +263,27 @@ class AudioEnd:
 
     def samples(self, track: Track) -> int:
         return self.customer_samples if track is Track.CUSTOMER else self.agent_samples
+
+    @classmethod
+    def from_totals(
+        cls,
+        contact_id: str,
+        last_fragment_number: str,
+        producer_timestamp_ms: int,
+        samples: Mapping[Track, int],
+        frames: Mapping[Track, int],
+        reason: str = "",
+    ) -> "AudioEnd":
+        return cls(
+            contact_id=contact_id,
+            last_fragment_number=last_fragment_number,
+            producer_timestamp_ms=producer_timestamp_ms,
+            customer_samples=samples.get(Track.CUSTOMER, 0),
+            agent_samples=samples.get(Track.AGENT, 0),
+            customer_frames=frames.get(Track.CUSTOMER, 0),
+            agent_frames=frames.get(Track.AGENT, 0),
+            reason=reason,
+        )
 
     def encode(self) -> bytes:
         return (

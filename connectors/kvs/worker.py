@@ -331,15 +331,8 @@ class _Progress:
         )
 
     def end_record(self, contact_id: str, reason: str) -> AudioEnd:
-        return AudioEnd(
-            contact_id=contact_id,
-            last_fragment_number=self.last_fragment_number,
-            producer_timestamp_ms=self.last_audio_end_ms,
-            customer_samples=self.samples[Track.CUSTOMER],
-            agent_samples=self.samples[Track.AGENT],
-            customer_frames=self.frames[Track.CUSTOMER],
-            agent_frames=self.frames[Track.AGENT],
-            reason=reason,
+        return AudioEnd.from_totals(
+            contact_id, self.last_fragment_number, self.last_audio_end_ms, self.samples, self.frames, reason
         )
 
 

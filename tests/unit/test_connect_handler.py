@@ -12,7 +12,6 @@ import types
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from connectors.connect import handler as handler_module
