@@ -1,28 +1,78 @@
-"""Batched, ordered writes of binary records to a Kinesis Data Stream.
+"""Batched writes of binary records to a Kinesis Data Stream, never reordering a partition key.
 
-``KinesisRecordProducer.put`` queues a record; one background thread sends PutRecords
-batches (up to 500 records / 5 MiB, the API's limits) after a short linger. ``put``
-blocks while the buffer is full, so a slow stream slows the reader instead of growing
-memory.
+``KinesisRecordProducer.put`` queues a record; background sender threads write records
+with PutRecords (up to 500 records / 5 MiB per call, the API's limits). ``put`` blocks
+while ``max_buffered_records`` records are unwritten, so a slow or throttled stream slows
+the reader instead of growing memory.
 
-Ordering: PutRecords "doesn't guarantee the ordering of records" — a record can fail
-while later records of the same partition key in the same call succeed (Kinesis API
-reference, PutRecords). After a partial failure the producer re-sends, in their original
-order, the failed records *and every later record of the same partition key from that
-call*, ahead of anything newer for that key. The stream then holds, per key, a tail that
-is complete and in order after any out-of-order attempt; consumers dedupe on the record's
-unique key and must let the re-sent tail win.
+Ordering
+--------
+What the service promises, from the Kinesis API reference (the same text is in botocore's
+``kinesis`` service model): for PutRecords, "Kinesis Data Streams attempts to process all
+records in each PutRecords request. A single record failure does not stop the processing
+of subsequent records. As a result, PutRecords doesn't guarantee the ordering of records.
+If you need to read records in the same order they are written to the stream, use
+PutRecord instead of PutRecords, and write to the same shard"; "all data records with the
+same partition key map to the same shard"; and for PutRecord, "Sequence numbers increase
+over time and are specific to a shard".
+
+So a failed record says nothing about the records behind it in the same request: with
+frames f and f+1 of one contact in one call, f can fail (throttled, ``InternalFailure``)
+while f+1 is written, and no retry can put f back in front of it. Any scheme that sends
+a key's next record before the service has confirmed the previous one can reorder that
+key. Fewer round trips per contact would take fewer records per contact (several frames
+packed into one), and the record format is fixed (``pipeline/records.py``).
+
+The rule here: **per partition key, at most one record is in flight, and it is the oldest
+unwritten record of that key.** A key's next record is sent only after the response that
+confirms its predecessor (a SequenceNumber in its result). A PutRecords call therefore
+holds at most one record per key, and up to ``max_calls_in_flight`` calls run at once, no
+key in two of them. Why that is correct:
+
+- Order: record n+1 of a key is sent after the response that confirmed record n, so the
+  service stores it after n, on the same shard, where sequence numbers grow with time.
+  (A reshard moves a key to a child shard; order across it is the consumer's part: read
+  a parent shard to its end before its children.)
+- Nothing lost: a record leaves the buffer only when its result carries a SequenceNumber.
+  A record whose result has an ErrorCode, or that was in a call answered with an error,
+  stays at the head of its key and goes again, before anything newer of that key.
+- Nothing doubled by partial failures or throttling: a record whose result says it failed
+  was not written, and a call answered with an error wrote nothing, so sending it again
+  writes it once. Only an ambiguous failure (the connection broke or timed out after the
+  service may have stored the call; botocore retries those by itself too) can write a
+  record twice. The copy is then adjacent — nothing newer of the key was sent in between
+  — so order holds, and consumers drop it by the record's unique key.
+
+The cost: one round trip per record of a key. A contact's burst (a 1 s Connect fragment is
+32 frames, published together) needs 32 successive calls to reach the stream, so a
+frame's added latency grows with its place in the burst times the call latency, and a
+contact cannot publish faster than one record per call. Each call carries the next
+record of every waiting key, oldest first, so all contacts advance together.
+
+One call in flight or several (``max_calls_in_flight``): with several, a key confirmed
+by one call goes out in the next free sender's call instead of waiting for the running
+call to end, which saves at most one call's time per burst; but the waiting keys are
+spread over more, smaller calls, and each call has a fixed cost. On the local stack
+four calls in flight were several times slower than one (BENCHMARKS.md, "KVS
+connector"), so the default is one; against AWS, where a call's latency is mostly
+fixed, the option is there to be measured. The same section compares the cost of this
+rule with the earlier scheme, which sent a key's records together and re-sent the tail
+behind a failed record (reordering and duplicating on partial failures).
+
+A throttled call or a call with failed records backs off exponentially; no sender starts
+a call until the backoff has passed.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +82,8 @@ MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_PARTITION_KEY_LENGTH = 256
+#: One or several: see the module's "The cost" and BENCHMARKS.md, "KVS connector".
+DEFAULT_MAX_CALLS_IN_FLIGHT = 1
 
 #: Whole-call errors worth retrying; anything else (missing stream, no permission,
 #: validation) will not heal by waiting.
@@ -57,6 +109,7 @@ class _Entry:
     sequence: int
     data: bytes
     partition_key: str
+    put_at: float = field(default_factory=time.monotonic)
 
     @property
     def size(self) -> int:
@@ -64,18 +117,24 @@ class _Entry:
 
 
 class KinesisRecordProducer:
-    """Send records to ``stream_name`` in PutRecords batches from a background thread.
+    """Send records to ``stream_name`` in PutRecords calls, in order per partition key.
 
     Parameters
     ----------
     kinesis_client:
         A boto3 ``kinesis`` client (injected so tests can stub it).
+    max_batch_records, max_batch_bytes:
+        Limits of one PutRecords call.
     linger_s:
-        How long the first record of a batch waits for company; bounds added latency.
+        How long a record may wait for company before a call goes out for it; bounds the
+        latency batching adds. A key's next record, ready once its predecessor is
+        confirmed, has waited that long already and goes with the next call.
     max_buffered_records:
-        ``put`` blocks while this many records are queued or in flight.
+        ``put`` blocks while this many records are unwritten.
     retry_backoff_s, max_retry_backoff_s:
-        Exponential backoff between attempts after a failure.
+        Exponential backoff after a throttled call or failed records.
+    max_calls_in_flight:
+        PutRecords calls running at once (one sender thread each).
     """
 
     def __init__(
@@ -89,11 +148,14 @@ class KinesisRecordProducer:
         *,
         retry_backoff_s: float = 0.05,
         max_retry_backoff_s: float = 2.0,
+        max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT,
     ) -> None:
         if not 1 <= max_batch_records <= MAX_RECORDS_PER_CALL:
             raise ValueError(f"max_batch_records must be within 1..{MAX_RECORDS_PER_CALL}")
         if not MAX_RECORD_BYTES <= max_batch_bytes <= MAX_BYTES_PER_CALL:
             raise ValueError(f"max_batch_bytes must be within {MAX_RECORD_BYTES}..{MAX_BYTES_PER_CALL}")
+        if max_calls_in_flight < 1:
+            raise ValueError("max_calls_in_flight must be at least 1")
         self._client = kinesis_client
         self.stream_name = stream_name
         self.max_batch_records = max_batch_records
@@ -102,21 +164,33 @@ class KinesisRecordProducer:
         self.max_buffered_records = max_buffered_records
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_backoff_s = max_retry_backoff_s
+        self.max_calls_in_flight = max_calls_in_flight
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._queue: deque[_Entry] = deque()
-        self._queued_bytes = 0
+        # Unwritten records per key, oldest first. A key in _in_flight has its head in a call.
+        self._by_key: dict[str, deque[_Entry]] = {}
+        self._in_flight: set[str] = set()
+        # Keys whose head may go in the next call, as a heap on the head's sequence: the
+        # longest-waiting records go first.
+        self._ready: list[tuple[int, str]] = []
+        self._ready_bytes = 0
         # Every record put and not yet written, by sequence: flush() waits on the oldest.
         self._outstanding: OrderedDict[int, None] = OrderedDict()
         self._next_sequence = 0
         self._flush_waiters = 0
+        self._backoff_s = 0.0
+        self._resume_at = 0.0
         self._closing = False
         self._failure: Exception | None = None
         self.records_sent = 0
         self.records_retried = 0
         self.calls = 0
-        self._thread = threading.Thread(target=self._run, name=f"kinesis-producer-{stream_name}", daemon=True)
-        self._thread.start()
+        self._senders = [
+            threading.Thread(target=self._send_loop, name=f"kinesis-producer-{stream_name}-{i}", daemon=True)
+            for i in range(max_calls_in_flight)
+        ]
+        for sender in self._senders:
+            sender.start()
 
     # -- API ---------------------------------------------------------------------------
 
@@ -133,9 +207,11 @@ class KinesisRecordProducer:
             self._raise_if_stopped()
             entry = _Entry(self._next_sequence, bytes(data), partition_key)
             self._next_sequence += 1
-            self._queue.append(entry)
-            self._queued_bytes += entry.size
             self._outstanding[entry.sequence] = None
+            pending = self._by_key.setdefault(partition_key, deque())
+            pending.append(entry)
+            if len(pending) == 1:
+                self._make_ready(partition_key)
             self._changed.notify_all()
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -143,7 +219,7 @@ class KinesisRecordProducer:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._changed:
             target = self._next_sequence
-            # While anyone waits in flush() the sender does not linger.
+            # While anyone waits in flush() the senders do not linger.
             self._flush_waiters += 1
             self._changed.notify_all()
             try:
@@ -158,7 +234,7 @@ class KinesisRecordProducer:
                 self._flush_waiters -= 1
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Flush, then stop the sender thread."""
+        """Flush, then stop the sender threads."""
         try:
             if self._failure is None:
                 self.flush(timeout_s)
@@ -166,7 +242,9 @@ class KinesisRecordProducer:
             with self._changed:
                 self._closing = True
                 self._changed.notify_all()
-            self._thread.join(timeout_s)
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            for sender in self._senders:
+                sender.join(None if deadline is None else max(deadline - time.monotonic(), 0))
 
     def __enter__(self) -> "KinesisRecordProducer":
         return self
@@ -179,7 +257,7 @@ class KinesisRecordProducer:
         with self._lock:
             return len(self._outstanding)
 
-    # -- sender thread -----------------------------------------------------------------
+    # -- senders -----------------------------------------------------------------------
 
     def _stopped(self) -> bool:
         return self._closing or self._failure is not None
@@ -190,108 +268,105 @@ class KinesisRecordProducer:
         if self._closing:
             raise ProducerError("producer is closed")
 
-    def _run(self) -> None:
-        backoff = 0.0
+    def _make_ready(self, partition_key: str) -> None:
+        head = self._by_key[partition_key][0]
+        heapq.heappush(self._ready, (head.sequence, partition_key))
+        self._ready_bytes += head.size
+
+    def _send_loop(self) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:
                 return
-            try:
-                response = self._client.put_records(
-                    StreamName=self.stream_name,
-                    Records=[{"Data": entry.data, "PartitionKey": entry.partition_key} for entry in batch],
-                )
-            except (ClientError, BotoCoreError) as exc:
-                code = exc.response["Error"]["Code"] if isinstance(exc, ClientError) else type(exc).__name__
-                if isinstance(exc, ClientError) and code not in RETRYABLE_ERROR_CODES:
-                    log.error("PutRecords to %s failed for good: %s", self.stream_name, exc)
-                    self._fail(exc)
-                    return
-                log.warning(
-                    "PutRecords to %s failed (%s); retrying %d records", self.stream_name, code, len(batch)
-                )
-                self._requeue(batch)
-                backoff = self._next_backoff(backoff)
-                self._sleep(backoff)
-                continue
-            finally:
-                self.calls += 1
-            retry = _records_to_resend(batch, response["Records"])
-            self._complete(batch, retry)
-            if retry:
-                log.warning(
-                    "PutRecords to %s: %d of %d records failed; re-sending %d in order",
-                    self.stream_name,
-                    response.get("FailedRecordCount", 0),
-                    len(batch),
-                    len(retry),
-                )
-                backoff = self._next_backoff(backoff)
-                self._sleep(backoff)
-            else:
-                backoff = 0.0
+            written = self._put_records(batch)
+            if written is None:
+                return
+            self._settle(batch, written)
 
     def _next_batch(self) -> list[_Entry] | None:
+        """The heads of the longest-waiting ready keys, once a call is due; None to stop."""
         with self._changed:
-            while not self._queue and not self._closing:
-                self._changed.wait()
-            if not self._queue:
+            while True:
+                if self._failure is not None or (self._closing and not self._ready):
+                    return None
+                now = time.monotonic()
+                if not self._ready:
+                    self._changed.wait()
+                elif now < self._resume_at:
+                    self._changed.wait(self._resume_at - now)
+                else:
+                    oldest_key = self._ready[0][1]
+                    due = self._by_key[oldest_key][0].put_at + self.linger_s
+                    if now >= due or self._closing or self._flush_waiters or self._ready_is_full():
+                        return self._take_ready()
+                    self._changed.wait(due - now)
+
+    def _ready_is_full(self) -> bool:
+        return len(self._ready) >= self.max_batch_records or self._ready_bytes >= self.max_batch_bytes
+
+    def _take_ready(self) -> list[_Entry]:
+        batch: list[_Entry] = []
+        size = 0
+        while self._ready and len(batch) < self.max_batch_records:
+            head = self._by_key[self._ready[0][1]][0]
+            if batch and size + head.size > self.max_batch_bytes:
+                break
+            heapq.heappop(self._ready)
+            self._ready_bytes -= head.size
+            self._in_flight.add(head.partition_key)
+            batch.append(head)
+            size += head.size
+        self.calls += 1
+        return batch
+
+    def _put_records(self, batch: list[_Entry]) -> list[bool] | None:
+        """Which records the call wrote; None when the producer has failed for good."""
+        try:
+            response = self._client.put_records(
+                StreamName=self.stream_name,
+                Records=[{"Data": entry.data, "PartitionKey": entry.partition_key} for entry in batch],
+            )
+        except (ClientError, BotoCoreError) as exc:
+            code = exc.response["Error"]["Code"] if isinstance(exc, ClientError) else type(exc).__name__
+            if isinstance(exc, ParamValidationError) or (
+                isinstance(exc, ClientError) and code not in RETRYABLE_ERROR_CODES
+            ):
+                log.error("PutRecords to %s failed for good: %s", self.stream_name, exc)
+                with self._changed:
+                    self._failure = exc
+                    self._changed.notify_all()
                 return None
-            linger_until = time.monotonic() + self.linger_s
-            while not (self._closing or self._flush_waiters or self._batch_is_full()):
-                remaining = linger_until - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._changed.wait(remaining)
-            batch: list[_Entry] = []
-            size = 0
-            while self._queue and len(batch) < self.max_batch_records:
-                entry = self._queue[0]
-                if batch and size + entry.size > self.max_batch_bytes:
-                    break
-                batch.append(self._queue.popleft())
-                size += entry.size
-            self._queued_bytes -= size
-            return batch
+            log.warning("PutRecords to %s failed (%s); retrying %d records", self.stream_name, code, len(batch))
+            return [False] * len(batch)
+        written = [not result.get("ErrorCode") for result in response["Records"]]
+        if not all(written):
+            log.warning(
+                "PutRecords to %s: %d of %d records failed; they go again before their keys' next records",
+                self.stream_name,
+                written.count(False),
+                len(batch),
+            )
+        return written
 
-    def _batch_is_full(self) -> bool:
-        return len(self._queue) >= self.max_batch_records or self._queued_bytes >= self.max_batch_bytes
-
-    def _complete(self, batch: list[_Entry], retry: list[_Entry]) -> None:
-        resent = {entry.sequence for entry in retry}
+    def _settle(self, batch: list[_Entry], written: list[bool]) -> None:
         with self._changed:
-            for entry in batch:
-                if entry.sequence not in resent:
-                    self._outstanding.pop(entry.sequence, None)
+            for entry, is_written in zip(batch, written):
+                key = entry.partition_key
+                self._in_flight.discard(key)
+                pending = self._by_key[key]
+                if is_written:
+                    pending.popleft()
+                    del self._outstanding[entry.sequence]
                     self.records_sent += 1
-            self.records_retried += len(retry)
-            self._queue.extendleft(reversed(retry))
-            self._queued_bytes += sum(entry.size for entry in retry)
+                else:
+                    self.records_retried += 1
+                if pending:
+                    self._make_ready(key)
+                else:
+                    del self._by_key[key]
+            if all(written):
+                self._backoff_s = 0.0
+            else:
+                self._backoff_s = min(max(self._backoff_s * 2, self.retry_backoff_s), self.max_retry_backoff_s)
+                self._resume_at = time.monotonic() + self._backoff_s
             self._changed.notify_all()
-
-    def _requeue(self, batch: list[_Entry]) -> None:
-        with self._changed:
-            self._queue.extendleft(reversed(batch))
-            self._queued_bytes += sum(entry.size for entry in batch)
-
-    def _fail(self, exc: Exception) -> None:
-        with self._changed:
-            self._failure = exc
-            self._changed.notify_all()
-
-    def _next_backoff(self, backoff: float) -> float:
-        return min(max(backoff * 2, self.retry_backoff_s), self.max_retry_backoff_s)
-
-    def _sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-def _records_to_resend(batch: list[_Entry], results: list[dict]) -> list[_Entry]:
-    """Failed records plus every later record of a key that had a failure, in order."""
-    failed_keys: set[str] = set()
-    resend = []
-    for entry, result in zip(batch, results):
-        if result.get("ErrorCode") or entry.partition_key in failed_keys:
-            failed_keys.add(entry.partition_key)
-            resend.append(entry)
-    return resend

@@ -1,16 +1,24 @@
-"""KinesisRecordProducer against a stubbed kinesis client: the exact PutRecords calls."""
+"""KinesisRecordProducer: the exact PutRecords calls against a stubbed client, and per-key
+order under random partial failures and throttling against a hand-written fake."""
 
 from __future__ import annotations
 
+import random
 import threading
+import time
+from collections import defaultdict
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectors.kinesis.producer import KinesisRecordProducer, ProducerError
 
 STREAM = "audio-frames"
+THROTTLED = "ProvisionedThroughputExceededException"
 
 
 @pytest.fixture
@@ -35,7 +43,7 @@ def result(*failed: bool) -> dict:
     return {
         "FailedRecordCount": sum(failed),
         "Records": [
-            {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}
+            {"ErrorCode": THROTTLED, "ErrorMessage": "slow down"}
             if is_failed
             else {"SequenceNumber": str(i), "ShardId": "shardId-000000000000"}
             for i, is_failed in enumerate(failed)
@@ -43,82 +51,84 @@ def result(*failed: bool) -> dict:
     }
 
 
+def expect(stub: Stubber, response: dict, *sent: tuple[bytes, str]) -> None:
+    stub.add_response("put_records", response, {"StreamName": STREAM, "Records": records(*sent)})
+
+
 def producer_for(client, **kwargs) -> KinesisRecordProducer:
-    # A long linger keeps every put of a test in one batch until flush() sends it.
+    # A long linger keeps every put of a test waiting until flush() sends it.
     options = {"linger_s": 60.0, "retry_backoff_s": 0.001, **kwargs}
     return KinesisRecordProducer(client, STREAM, **options)
 
 
-def test_records_go_out_in_one_put_records_call(client):
-    sent = [(b"frame-a0", "contact-a"), (b"frame-b0", "contact-b"), (b"frame-a1", "contact-a")]
+def put_all(producer: KinesisRecordProducer, *sent: tuple[bytes, str]) -> None:
+    for data, key in sent:
+        producer.put(data, key)
+
+
+a0, a1, a2 = (b"a0", "contact-a"), (b"a1", "contact-a"), (b"a2", "contact-a")
+b0, b1 = (b"b0", "contact-b"), (b"b1", "contact-b")
+
+
+def test_keys_share_a_call_but_a_keys_next_record_waits_for_the_previous_one(client):
     with Stubber(client) as stub:
-        stub.add_response("put_records", ok(3), {"StreamName": STREAM, "Records": records(*sent)})
+        expect(stub, ok(2), a0, b0)
+        expect(stub, ok(2), a1, b1)
+        expect(stub, ok(1), a2)
         producer = producer_for(client)
-        for data, key in sent:
-            producer.put(data, key)
+        put_all(producer, a0, b0, a1, a2, b1)
         producer.close(timeout_s=5)
         stub.assert_no_pending_responses()
-    assert producer.records_sent == 3
+    assert (producer.records_sent, producer.calls) == (5, 3)
 
 
-def test_partial_failure_resends_the_keys_tail_in_order_before_newer_records(client):
-    a0, b0, a1, b1, a2, a3 = (
-        (b"a0", "contact-a"), (b"b0", "contact-b"), (b"a1", "contact-a"),
-        (b"b1", "contact-b"), (b"a2", "contact-a"), (b"a3", "contact-a"),
-    )
+def test_a_failed_record_goes_again_before_its_keys_next_record(client):
     with Stubber(client) as stub:
-        # a1 fails; a2 got in anyway, so a1 *and* a2 go again, ahead of the newer a3.
-        stub.add_response(
-            "put_records",
-            result(False, False, True, False, False),
-            {"StreamName": STREAM, "Records": records(a0, b0, a1, b1, a2)},
-        )
-        stub.add_response("put_records", ok(3), {"StreamName": STREAM, "Records": records(a1, a2, a3)})
-        producer = producer_for(client, max_batch_records=5)
-        for data, key in (a0, b0, a1, b1, a2, a3):
-            producer.put(data, key)
+        # a0 fails while b0 is written; nothing of contact-a was sent behind a0.
+        expect(stub, result(True, False), a0, b0)
+        expect(stub, ok(2), a0, b1)
+        expect(stub, ok(1), a1)
+        producer = producer_for(client)
+        put_all(producer, a0, b0, a1, b1)
         producer.close(timeout_s=5)
         stub.assert_no_pending_responses()
-    assert producer.records_retried == 2
+    assert (producer.records_sent, producer.records_retried) == (4, 1)
 
 
-def test_batches_respect_max_batch_records(client):
-    sent = [(b"x%d" % i, "contact-a") for i in range(5)]
-    with Stubber(client) as stub:
-        stub.add_response("put_records", ok(2), {"StreamName": STREAM, "Records": records(*sent[:2])})
-        stub.add_response("put_records", ok(2), {"StreamName": STREAM, "Records": records(*sent[2:4])})
-        stub.add_response("put_records", ok(1), {"StreamName": STREAM, "Records": records(*sent[4:])})
-        producer = producer_for(client, max_batch_records=2)
-        for data, key in sent:
-            producer.put(data, key)
-        producer.close(timeout_s=5)
-        stub.assert_no_pending_responses()
-
-
-def test_throttled_call_is_retried_whole(client):
-    sent = [(b"a0", "contact-a")]
+def test_a_throttled_call_is_sent_again_whole_before_anything_newer(client):
     with Stubber(client) as stub:
         stub.add_client_error(
-            "put_records",
-            "ProvisionedThroughputExceededException",
-            expected_params={"StreamName": STREAM, "Records": records(*sent)},
+            "put_records", THROTTLED, expected_params={"StreamName": STREAM, "Records": records(a0, b0)}
         )
-        stub.add_response("put_records", ok(1), {"StreamName": STREAM, "Records": records(*sent)})
+        expect(stub, ok(2), a0, b0)
+        expect(stub, ok(1), a1)
         producer = producer_for(client)
-        producer.put(*sent[0])
+        put_all(producer, a0, b0, a1)
+        producer.close(timeout_s=5)
+        stub.assert_no_pending_responses()
+    assert (producer.records_sent, producer.records_retried) == (3, 2)
+
+
+def test_calls_respect_max_batch_records_oldest_keys_first(client):
+    sent = [(b"x%d" % i, f"contact-{i}") for i in range(5)]
+    with Stubber(client) as stub:
+        expect(stub, ok(2), *sent[:2])
+        expect(stub, ok(2), *sent[2:4])
+        expect(stub, ok(1), sent[4])
+        producer = producer_for(client, max_batch_records=2)
+        put_all(producer, *sent)
         producer.close(timeout_s=5)
         stub.assert_no_pending_responses()
 
 
 def test_put_blocks_while_the_buffer_is_full(client):
     with Stubber(client) as stub:
-        first_two = records((b"1", "k"), (b"2", "k"))
-        stub.add_response("put_records", ok(2), {"StreamName": STREAM, "Records": first_two})
-        stub.add_response("put_records", ok(1), {"StreamName": STREAM, "Records": records((b"3", "k"))})
+        expect(stub, ok(1), a0)
+        expect(stub, ok(1), a1)
+        expect(stub, ok(1), a2)
         producer = producer_for(client, max_buffered_records=2)
-        producer.put(b"1", "k")
-        producer.put(b"2", "k")
-        third = threading.Thread(target=producer.put, args=(b"3", "k"))
+        put_all(producer, a0, a1)
+        third = threading.Thread(target=producer.put, args=a2)
         third.start()
         third.join(0.2)
         assert third.is_alive(), "put must wait for room in the buffer"
@@ -133,11 +143,11 @@ def test_a_missing_stream_fails_the_producer(client):
     with Stubber(client) as stub:
         stub.add_client_error("put_records", "ResourceNotFoundException", http_status_code=400)
         producer = producer_for(client)
-        producer.put(b"a0", "contact-a")
+        producer.put(*a0)
         with pytest.raises(ProducerError, match="ResourceNotFoundException"):
             producer.flush(timeout_s=5)
         with pytest.raises(ProducerError):
-            producer.put(b"a1", "contact-a")
+            producer.put(*a1)
         producer.close(timeout_s=5)
 
 
@@ -146,3 +156,96 @@ def test_oversized_record_is_rejected(client):
     with pytest.raises(ValueError, match="exceeds"):
         producer.put(b"\0" * (1024 * 1024), "contact-a")
     producer.close(timeout_s=5)
+
+
+# -- a fake PutRecords with injected faults ------------------------------------------------
+
+
+class FlakyKinesis:
+    """PutRecords that throttles whole calls and fails single records at random.
+
+    ``log`` is the stream: every record the fake reported as written, in the order it
+    wrote them. Calls may overlap (the producer's senders run in threads); the fake
+    also records any call that holds a key which another running call holds too.
+    """
+
+    def __init__(self, seed: int, throttle_rate: float, failure_rate: float) -> None:
+        self._random = random.Random(seed)
+        self.throttle_rate = throttle_rate
+        self.failure_rate = failure_rate
+        self._lock = threading.Lock()
+        self._keys_in_calls: defaultdict[str, int] = defaultdict(int)
+        self.log: list[tuple[str, bytes]] = []
+        self.overlapping_keys: set[str] = set()
+
+    def put_records(self, *, StreamName: str, Records: list[dict]) -> dict:
+        keys = [record["PartitionKey"] for record in Records]
+        with self._lock:
+            for key in keys:
+                self._keys_in_calls[key] += 1
+                if self._keys_in_calls[key] > 1:
+                    self.overlapping_keys.add(key)
+            throttled = self._random.random() < self.throttle_rate
+            delay_s = self._random.random() / 1000
+        # Let another sender's call run meanwhile.
+        time.sleep(delay_s)
+        with self._lock:
+            for key in keys:
+                self._keys_in_calls[key] -= 1
+            if throttled:
+                raise ClientError({"Error": {"Code": THROTTLED, "Message": "Rate exceeded"}}, "PutRecords")
+            results = []
+            for record in Records:
+                if self._random.random() < self.failure_rate:
+                    results.append({"ErrorCode": "InternalFailure", "ErrorMessage": "Internal Service Failure"})
+                else:
+                    self.log.append((record["PartitionKey"], record["Data"]))
+                    results.append({"SequenceNumber": str(len(self.log)), "ShardId": "shardId-000000000000"})
+            failed = sum("ErrorCode" in r for r in results)
+            return {"Records": results, **({"FailedRecordCount": failed} if failed else {})}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    keys_of_records=st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=80),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    throttle_rate=st.sampled_from([0.0, 0.2, 0.5]),
+    failure_rate=st.sampled_from([0.0, 0.1, 0.4, 0.8]),
+    max_batch_records=st.integers(min_value=1, max_value=8),
+    max_calls_in_flight=st.integers(min_value=1, max_value=4),
+    max_buffered_records=st.integers(min_value=1, max_value=20),
+)
+def test_every_record_lands_once_and_in_order_per_key_whatever_fails(
+    keys_of_records: list[int],
+    seed: int,
+    throttle_rate: float,
+    failure_rate: float,
+    max_batch_records: int,
+    max_calls_in_flight: int,
+    max_buffered_records: int,
+) -> None:
+    kinesis = FlakyKinesis(seed, throttle_rate, failure_rate)
+    producer = KinesisRecordProducer(
+        kinesis,
+        STREAM,
+        max_batch_records=max_batch_records,
+        linger_s=0.0,
+        max_buffered_records=max_buffered_records,
+        retry_backoff_s=0.0,
+        max_retry_backoff_s=0.0,
+        max_calls_in_flight=max_calls_in_flight,
+    )
+    sent: defaultdict[str, list[bytes]] = defaultdict(list)
+    for index, key_number in enumerate(keys_of_records):
+        key = f"contact-{key_number}"
+        data = b"%d" % index
+        producer.put(data, key)
+        sent[key].append(data)
+    producer.close(timeout_s=30)
+
+    landed: defaultdict[str, list[bytes]] = defaultdict(list)
+    for key, data in kinesis.log:
+        landed[key].append(data)
+    assert landed == sent
+    assert not kinesis.overlapping_keys
+    assert producer.records_sent == len(keys_of_records)
