@@ -57,7 +57,7 @@ from connectors.kvs.media import KvsMediaSource
 from connectors.kvs.worker import ConnectorWorker, ReadSettings
 from emulators.kvs import KvsMediaEmulator
 from pipeline.mkv import write_connect_fragment
-from pipeline.records import AudioFrame, ContactWork, decode_audio_record
+from pipeline.records import AudioFrame, ContactWork, decode_audio_records
 
 REGION: Final = "us-east-1"
 ACCESS_KEY_ID: Final = "testing"
@@ -340,19 +340,19 @@ def read_frames(kinesis: Any) -> tuple[list[ArrivedFrame], int]:
         while iterator:
             response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
             for record in response["Records"]:
-                decoded = decode_audio_record(record["Data"])
-                if isinstance(decoded, AudioFrame):
-                    frames.append(
-                        ArrivedFrame(
-                            decoded.contact_id,
-                            int(decoded.track),
-                            decoded.fragment_number,
-                            decoded.frame_index,
-                            record["ApproximateArrivalTimestamp"].timestamp(),
+                for decoded in decode_audio_records(record["Data"]):
+                    if isinstance(decoded, AudioFrame):
+                        frames.append(
+                            ArrivedFrame(
+                                decoded.contact_id,
+                                int(decoded.track),
+                                decoded.fragment_number,
+                                decoded.frame_index,
+                                record["ApproximateArrivalTimestamp"].timestamp(),
+                            )
                         )
-                    )
-                else:
-                    ends += 1
+                    else:
+                        ends += 1
             if not response["Records"] and response.get("MillisBehindLatest", 0) == 0:
                 break
             iterator = response.get("NextShardIterator")

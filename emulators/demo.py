@@ -28,7 +28,7 @@ from emulators.demo_report import DemoReport, build_report, read_audit
 from emulators.stack import LocalStack, StackSettings
 from pipeline.audio import write_wav_pcm16
 from pipeline.config import load_config
-from pipeline.records import AudioFrame, ContactEvent, EventType, Track, decode_audio_record
+from pipeline.records import AudioFrame, ContactEvent, EventType, Track, decode_audio_records
 
 log = logging.getLogger("demo")
 
@@ -265,7 +265,11 @@ def count_frame_records(stack: LocalStack) -> int:
         )["ShardIterator"]
         while iterator:
             response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            count += sum(isinstance(decode_audio_record(r["Data"]), AudioFrame) for r in response["Records"])
+            count += sum(
+                isinstance(record, AudioFrame)
+                for r in response["Records"]
+                for record in decode_audio_records(r["Data"])
+            )
             if not response["Records"] or not response.get("MillisBehindLatest"):
                 break
             iterator = response.get("NextShardIterator")

@@ -25,7 +25,7 @@ from pipeline.assembler import (
 from pipeline.audit import ColumnKind, audit_columns, audit_values
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
-from pipeline.records import AudioEnd, AudioFrame, ContactEvent, RecordError, decode_audio_record
+from pipeline.records import AudioEnd, AudioFrame, ContactEvent, RecordError, decode_audio_records
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +40,22 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _decode_audio(data: bytes) -> tuple[str, str, object]:
-    record = decode_audio_record(data)
-    return AUDIO, record.contact_id, record
+def _decode_audio(data: bytes) -> list[tuple[str, str, object]]:
+    return [(AUDIO, record.contact_id, record) for record in decode_audio_records(data)]
 
 
-def _decode_event(data: bytes) -> tuple[str, str, object]:
+def _decode_event(data: bytes) -> list[tuple[str, str, object]]:
     event = ContactEvent.decode(data)
-    return EVENT, event.contact_id, event
+    return [(EVENT, event.contact_id, event)]
 
 
 class RecordDecoder(ProcessFunction):
     """Raw Kinesis records → tagged records; undecodable ones go to the error output."""
 
-    DECODERS: dict[str, Callable[[bytes], tuple[str, str, object]]] = {AUDIO: _decode_audio, EVENT: _decode_event}
+    DECODERS: dict[str, Callable[[bytes], list[tuple[str, str, object]]]] = {
+        AUDIO: _decode_audio,
+        EVENT: _decode_event,
+    }
 
     def __init__(self, kind: str, source: str) -> None:
         self.kind = kind
@@ -62,10 +64,12 @@ class RecordDecoder(ProcessFunction):
     def process_element(self, value, ctx: ProcessFunction.Context):
         data = bytes(value)
         try:
-            yield self.DECODERS[self.kind](data)
+            decoded = self.DECODERS[self.kind](data)
         except RecordError as exc:
             log.warning("invalid record on %s (%s)", self.source, exc)
             yield ERRORS, PipelineError(_now_ms(), self.source, exc.reason, str(exc), raw=data).to_json()
+            return
+        yield from decoded
 
 
 class ContactAssemblerFunction(KeyedProcessFunction):

@@ -11,7 +11,7 @@ import enum
 import json
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 CONTACT_EVENT_SCHEMA = "contact-event/1"
@@ -344,6 +344,77 @@ def decode_audio_record(data: bytes) -> AudioFrame | AudioEnd:
         reason, _ = _unpack_str(data, offset + _END_TOTALS.size)
         return AudioEnd(contact_id, fragment_number, ts, cs, ags, cf, af, reason)
     raise RecordError("bad_kind", f"unknown record kind {kind}")
+
+
+# --- Frame batches ----------------------------------------------------------------------
+#
+# One KDS record per KVS block made a contact's 1 s fragment 32 records, and a producer
+# that keeps one record per contact in flight (the only way PutRecords keeps a contact's
+# order through partial failures) then needed 32 round trips per fragment. A batch
+# carries consecutive AudioFrames of one contact in one record; each frame inside keeps
+# its own unique key, so dedupe downstream is unchanged.
+
+AUDIO_BATCH_MAGIC = b"CXAB"
+AUDIO_BATCH_VERSION = 1
+#: KDS caps a record (data + partition key) at 1 MiB; stay well below it.
+MAX_BATCH_BYTES = 768 * 1024
+_BATCH_HEADER = struct.Struct(">4sBH")
+_ITEM_LENGTH = struct.Struct(">I")
+
+
+def encode_frame_batches(frames: Sequence[AudioFrame], max_bytes: int = MAX_BATCH_BYTES) -> list[bytes]:
+    """Consecutive frames of one contact in as few records as ``max_bytes`` allows."""
+    batches: list[bytes] = []
+    items: list[bytes] = []
+    size = _BATCH_HEADER.size
+    for frame in frames:
+        item = frame.encode()
+        item_size = _ITEM_LENGTH.size + len(item)
+        if items and (size + item_size > max_bytes or len(items) == 0xFFFF):
+            batches.append(_pack_batch(items))
+            items, size = [], _BATCH_HEADER.size
+        items.append(item)
+        size += item_size
+    if items:
+        batches.append(_pack_batch(items))
+    return batches
+
+
+def _pack_batch(items: list[bytes]) -> bytes:
+    parts = [_BATCH_HEADER.pack(AUDIO_BATCH_MAGIC, AUDIO_BATCH_VERSION, len(items))]
+    for item in items:
+        parts += [_ITEM_LENGTH.pack(len(item)), item]
+    return b"".join(parts)
+
+
+def decode_audio_records(data: bytes) -> list[AudioFrame | AudioEnd]:
+    """Decode one record of the ``audio-frames`` stream: a single record or a frame batch."""
+    if data[:4] != AUDIO_BATCH_MAGIC:
+        return [decode_audio_record(data)]
+    if len(data) < _BATCH_HEADER.size:
+        raise RecordError("truncated", "frame batch shorter than its header")
+    _, version, count = _BATCH_HEADER.unpack_from(data)
+    if version != AUDIO_BATCH_VERSION:
+        raise RecordError("unknown_version", f"frame batch version {version}, this reader knows {AUDIO_BATCH_VERSION}")
+    offset = _BATCH_HEADER.size
+    frames: list[AudioFrame | AudioEnd] = []
+    for _ in range(count):
+        if offset + _ITEM_LENGTH.size > len(data):
+            raise RecordError("truncated", "frame batch ends inside an item length")
+        (length,) = _ITEM_LENGTH.unpack_from(data, offset)
+        offset += _ITEM_LENGTH.size
+        if offset + length > len(data):
+            raise RecordError("truncated", "frame batch ends inside a frame")
+        frame = decode_audio_record(data[offset : offset + length])
+        if not isinstance(frame, AudioFrame):
+            raise RecordError("bad_batch", "a frame batch may hold only FRAME records")
+        frames.append(frame)
+        offset += length
+    if offset != len(data):
+        raise RecordError("bad_length", f"{len(data) - offset} bytes after the last frame of the batch")
+    if len({frame.contact_id for frame in frames}) > 1:
+        raise RecordError("bad_batch", "a frame batch may hold only one contact's frames")
+    return frames
 
 
 def _pack_str(value: str, limit: int) -> bytes:

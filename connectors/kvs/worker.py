@@ -108,7 +108,7 @@ from pipeline.connect_stream import (
     EndReason,
 )
 from pipeline.mkv import EbmlHeader, MkvError, MkvEvent, MkvStreamParser, Tag
-from pipeline.records import AudioEnd, AudioFrame, ContactWork, RecordError, Track
+from pipeline.records import AudioEnd, AudioFrame, ContactWork, RecordError, Track, encode_frame_batches
 
 log = logging.getLogger(__name__)
 
@@ -593,10 +593,10 @@ class _ContactRead:
 
     def publish_frames(self, frames: list[AudioFrame]) -> None:
         newest = ""
-        for frame in frames:
-            if self.progress.covers(frame.fragment_number):
-                continue
-            self.publish(frame.encode(), self.contact_id)
+        fresh = [frame for frame in frames if not self.progress.covers(frame.fragment_number)]
+        for batch in encode_frame_batches(fresh):
+            self.publish(batch, self.contact_id)
+        for frame in fresh:
             self.published += 1
             self.progress.add(frame)
             newest = frame.fragment_number

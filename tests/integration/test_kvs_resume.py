@@ -28,7 +28,7 @@ from connectors.kvs.media import KvsMediaSource
 from connectors.kvs.worker import ConnectorWorker, ReadSettings
 from emulators.stack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, LocalStack, StackSettings
 from pipeline.mkv import write_connect_fragment
-from pipeline.records import AudioEnd, AudioFrame, ContactWork, Track, decode_audio_record
+from pipeline.records import AudioEnd, AudioFrame, ContactWork, Track, decode_audio_records
 
 CONTACT = "0f6d3e10-0000-4000-8000-000000000001"
 OTHER_CONTACT = "0f6d3e10-0000-4000-8000-000000000002"
@@ -175,7 +175,7 @@ def read_records(stack: LocalStack, ends: set[str]) -> list[AudioFrame | AudioEn
         nonlocal iterator
         response = kinesis.get_records(ShardIterator=iterator)
         iterator = response["NextShardIterator"]
-        records.extend(decode_audio_record(record["Data"]) for record in response["Records"])
+        records.extend(r for record in response["Records"] for r in decode_audio_records(record["Data"]))
         return ends <= {r.contact_id for r in records if isinstance(r, AudioEnd)}
 
     wait_until(all_ended, f"END records of {sorted(ends)}")

@@ -29,7 +29,7 @@ from connectors.kvs.worker import ConnectorWorker, ContactReadResult, ReadSettin
 from emulators.kvs import KvsMediaEmulator
 from pipeline.connect_stream import TAG_CONTINUATION_TOKEN, TAG_FRAGMENT_NUMBER
 from pipeline.mkv import ebml, write_connect_fragment
-from pipeline.records import AudioEnd, AudioFrame, ContactWork, Track, decode_audio_record
+from pipeline.records import AudioEnd, AudioFrame, ContactWork, Track, decode_audio_records
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
@@ -110,7 +110,7 @@ def read_stream(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = kinesis.get_records(ShardIterator=iterator)
-        records += [decode_audio_record(record["Data"]) for record in response["Records"]]
+        records += [r for record in response["Records"] for r in decode_audio_records(record["Data"])]
         iterator = response["NextShardIterator"]
         if sum(isinstance(record, AudioEnd) for record in records) >= until_ends:
             return records
@@ -248,9 +248,9 @@ class RecordingProducer:
         self.flushed = 0
 
     def put(self, data: bytes, partition_key: str) -> None:
-        record = decode_audio_record(data)
-        assert partition_key == record.contact_id
-        self.records.append(record)
+        records = decode_audio_records(data)
+        assert {record.contact_id for record in records} == {partition_key}
+        self.records.extend(records)
 
     def flush(self) -> None:
         self.flushed = len(self.records)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.records import (
+    AUDIO_BATCH_MAGIC,
     AUDIO_FRAME_MAGIC,
     AUDIO_FRAME_VERSION,
     CONTACT_EVENT_SCHEMA,
@@ -31,6 +32,8 @@ from pipeline.records import (
     RecordError,
     Track,
     decode_audio_record,
+    decode_audio_records,
+    encode_frame_batches,
 )
 
 FAST = settings(max_examples=60, deadline=None)
@@ -518,3 +521,36 @@ def test_contact_work_non_finite_timestamp_is_a_record_error():
     data = work_body(start_timestamp_ms=0).replace('"start_timestamp_ms": 0', '"start_timestamp_ms": 1e400')
     assert "1e400" in data
     assert reason_of(ContactWork.decode, data) == "malformed_work"
+
+
+# --- frame batches ----------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=400).map(lambda b: b[: len(b) // 2 * 2]), min_size=1, max_size=40), st.integers(64, 4096))
+@FAST
+def test_frame_batches_round_trip_in_order_within_the_size_limit(payloads, max_bytes):
+    frames = [frame(frame_index=i, pcm=pcm) for i, pcm in enumerate(payloads)]
+    batches = encode_frame_batches(frames, max_bytes=max_bytes)
+    assert [f for batch in batches for f in decode_audio_records(batch)] == frames
+    assert all(batch.startswith(AUDIO_BATCH_MAGIC) for batch in batches)
+    # A batch only exceeds the limit when one frame alone does.
+    assert all(len(batch) <= max_bytes or len(decode_audio_records(batch)) == 1 for batch in batches)
+
+
+def test_a_single_record_still_decodes_as_one():
+    assert decode_audio_records(frame().encode()) == [frame()]
+    assert decode_audio_records(end().encode()) == [end()]
+
+
+def test_bad_frame_batches_are_record_errors():
+    (batch,) = encode_frame_batches([frame(frame_index=0), frame(frame_index=1)])
+    for n in range(4, len(batch)):
+        with pytest.raises(RecordError):
+            decode_audio_records(batch[:n])
+    assert reason_of(decode_audio_records, batch + b"\0") == "bad_length"
+    assert reason_of(decode_audio_records, batch[:4] + b"\x09" + batch[5:]) == "unknown_version"
+    (mixed,) = encode_frame_batches([frame(frame_index=0), frame(contact_id="other", frame_index=1)])
+    assert reason_of(decode_audio_records, mixed) == "bad_batch"
+    end_item = end().encode()
+    with_end = AUDIO_BATCH_MAGIC + bytes([1]) + (1).to_bytes(2, "big") + len(end_item).to_bytes(4, "big") + end_item
+    assert reason_of(decode_audio_records, with_end) == "bad_batch"
