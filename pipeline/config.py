@@ -126,9 +126,6 @@ class PipelineConfig(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._values)
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "PipelineConfig":
-        return PipelineConfig({**self._values, **_validate(overrides, "override")})
-
     def to_property_groups(self) -> list[dict[str, Any]]:
         """This config in the Managed Flink ``application_properties.json`` shape."""
         groups: dict[str, dict[str, str]] = {}

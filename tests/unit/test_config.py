@@ -96,16 +96,6 @@ def test_managed_flink_properties_are_read_when_no_path_is_given(tmp_path, monke
     assert load()["flink.parallelism"] == 3
 
 
-def test_with_overrides_validates_and_keeps_the_rest():
-    base = load(overrides={"assembler.chunk_ms": 40})
-    changed = base.with_overrides({"flink.parallelism": "2"})
-    assert changed["flink.parallelism"] == 2
-    assert changed["assembler.chunk_ms"] == 40
-    assert base["flink.parallelism"] == 1
-    with pytest.raises(ConfigError, match="assembler.chunk_ms"):
-        base.with_overrides({"assembler.chunk_ms": 5})
-
-
 # -- parsing and validation ----------------------------------------------------------------
 
 
