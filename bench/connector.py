@@ -52,6 +52,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from connectors.kinesis.producer import KinesisRecordProducer
+from connectors.kinesis.reader import read_all_records
 from connectors.kvs.checkpoints import DynamoDbCheckpointStore, create_table
 from connectors.kvs.media import KvsMediaSource
 from connectors.kvs.worker import ConnectorWorker, ReadSettings
@@ -333,29 +334,20 @@ def read_frames(kinesis: Any) -> tuple[list[ArrivedFrame], int]:
     """Every AudioFrame on the stream, in shard order, and the number of END records."""
     frames: list[ArrivedFrame] = []
     ends = 0
-    for shard in kinesis.list_shards(StreamName=FRAMES_STREAM)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=FRAMES_STREAM, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            for record in response["Records"]:
-                for decoded in decode_audio_records(record["Data"]):
-                    if isinstance(decoded, AudioFrame):
-                        frames.append(
-                            ArrivedFrame(
-                                decoded.contact_id,
-                                int(decoded.track),
-                                decoded.fragment_number,
-                                decoded.frame_index,
-                                record["ApproximateArrivalTimestamp"].timestamp(),
-                            )
-                        )
-                    else:
-                        ends += 1
-            if not response["Records"] and response.get("MillisBehindLatest", 0) == 0:
-                break
-            iterator = response.get("NextShardIterator")
+    for record in read_all_records(kinesis, FRAMES_STREAM):
+        for decoded in decode_audio_records(record["Data"]):
+            if isinstance(decoded, AudioFrame):
+                frames.append(
+                    ArrivedFrame(
+                        decoded.contact_id,
+                        int(decoded.track),
+                        decoded.fragment_number,
+                        decoded.frame_index,
+                        record["ApproximateArrivalTimestamp"].timestamp(),
+                    )
+                )
+            else:
+                ends += 1
     return frames, ends
 
 

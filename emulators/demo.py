@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from connectors.connect.handler import contact_event_handler, contact_flow_handler
+from connectors.kinesis.reader import read_all_records
 from emulators.connect.simulator import ConnectCallSimulator, SimulatedCall
 from emulators.demo_report import DemoReport, build_report, read_audit
 from emulators.stack import LocalStack, StackSettings
@@ -256,24 +257,11 @@ def run_demo(options: DemoOptions) -> DemoReport:
 
 def count_frame_records(stack: LocalStack) -> int:
     """AudioFrame records the connectors put on KDS (replays after a kill included)."""
-    kinesis = stack.client("kinesis")
-    stream = stack.settings.audio_frames_stream
-    count = 0
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            count += sum(
-                isinstance(record, AudioFrame)
-                for r in response["Records"]
-                for record in decode_audio_records(r["Data"])
-            )
-            if not response["Records"] or not response.get("MillisBehindLatest"):
-                break
-            iterator = response.get("NextShardIterator")
-    return count
+    return sum(
+        isinstance(record, AudioFrame)
+        for data in read_all_records(stack.client("kinesis"), stack.settings.audio_frames_stream)
+        for record in decode_audio_records(data["Data"])
+    )
 
 
 def send_warm_up_event(stack: LocalStack) -> None:
