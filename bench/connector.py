@@ -57,17 +57,17 @@ from connectors.kvs.checkpoints import DynamoDbCheckpointStore, create_table
 from connectors.kvs.media import KvsMediaSource
 from connectors.kvs.worker import ConnectorWorker, ReadSettings
 from emulators.kvs import KvsMediaEmulator
+from emulators.stack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, StackSettings
 from pipeline.mkv import write_connect_fragment
 from pipeline.records import AudioFrame, ContactWork, decode_audio_records
 
-REGION: Final = "us-east-1"
-ACCESS_KEY_ID: Final = "testing"
-SECRET_ACCESS_KEY: Final = "testing"
-FRAMES_STREAM: Final = "audio-frames"
-#: The local stack's shard count for the audio-frames stream.
-FRAMES_SHARDS: Final = 2
-QUEUE: Final = "connector-contacts"
-CHECKPOINT_TABLE: Final = "connector-checkpoints"
+#: The local stack's names and sizes; moto runs here in a process of its own, so the
+#: bench creates the resources itself rather than through LocalStack.
+_STACK: Final = StackSettings()
+FRAMES_STREAM: Final = _STACK.audio_frames_stream
+FRAMES_SHARDS: Final = _STACK.audio_frames_shards
+QUEUE: Final = _STACK.connector_queue
+CHECKPOINT_TABLE: Final = _STACK.checkpoint_table
 INSTANCE_ID: Final = "d5b716a2-6b0e-4f38-9d55-52d1f6b2f0a1"
 SAMPLE_RATE: Final = 8000
 FRAGMENT_MS: Final = 1000

@@ -26,7 +26,7 @@ from connectors.connect.handler import contact_event_handler, contact_flow_handl
 from connectors.kinesis.reader import read_all_records
 from emulators.connect.simulator import ConnectCallSimulator, SimulatedCall
 from emulators.demo_report import DemoReport, build_report, read_audit
-from emulators.stack import LocalStack, StackSettings
+from emulators.stack import REGION, LocalStack, StackSettings
 from pipeline.audio import write_wav_pcm16
 from pipeline.config import load_config
 from pipeline.records import AudioFrame, ContactEvent, EventType, Track, decode_audio_records
@@ -168,6 +168,24 @@ class JobProcess(ChildProcess):
             time.sleep(0.2)
 
 
+def start_job(stack: LocalStack, env: dict[str, str], logs: Path, **overrides: object) -> JobProcess:
+    """The job against ``stack``; its properties file, log and ready file go under ``logs``."""
+    ready_file = logs / "job.ready"
+    ready_file.unlink(missing_ok=True)
+    config = load_config(
+        env={},
+        overrides={
+            "aws.endpoint_url": stack.endpoint_url,
+            "aws.region": REGION,
+            "job.ready_file": str(ready_file),
+            **overrides,
+        },
+    )
+    config_path = logs / "job-properties.json"
+    config_path.write_text(json.dumps(config.to_property_groups(), indent=2))
+    return JobProcess(config_path, env, logs / "job.log", ready_file)
+
+
 def start_connector_workers(stack: LocalStack, count: int, env: dict[str, str], logs: Path) -> list[ChildProcess]:
     """`cresta-pipeline connector run` processes sharing the work queue and checkpoints."""
     argv = [
@@ -192,29 +210,23 @@ def run_demo(options: DemoOptions) -> DemoReport:
     out = options.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     audit_dir = out / "audit"
-    ready_file = out / "logs" / "job.ready"
-    ready_file.unlink(missing_ok=True)
     settings = StackSettings(kvs_pool_size=options.calls)
     killed_at: float | None = None
     with LocalStack(settings) as stack:
         stack.apply_environment()
-        env = {**os.environ, **stack.aws_environment(), **stack.cresta_environment()}
-        config = load_config(
-            env={},
-            overrides={
-                "aws.endpoint_url": stack.endpoint_url,
-                "aws.region": env["AWS_REGION"],
+        env = stack.process_environment()
+        progress(options, "starting the Flink job (local minicluster)…")
+        job = start_job(
+            stack,
+            env,
+            out / "logs",
+            **{
                 "assembler.chunk_ms": options.chunk_ms,
                 "audit.path": audit_dir.as_uri(),
                 "audit.include_audio": options.audit_audio,
                 "flink.parallelism": options.parallelism,
-                "job.ready_file": str(ready_file),
             },
         )
-        config_path = out / "logs" / "job-properties.json"
-        config_path.write_text(json.dumps(config.to_property_groups(), indent=2))
-        progress(options, "starting the Flink job (local minicluster)…")
-        job = JobProcess(config_path, env, out / "logs" / "job.log", ready_file)
         workers: list[ChildProcess] = []
         try:
             job.wait_ready(JOB_START_TIMEOUT_S, lambda: send_warm_up_event(stack))

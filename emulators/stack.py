@@ -162,5 +162,9 @@ class LocalStack:
             "CRESTA_PIPELINE_CRESTA_MEDIA_TOKEN": self.settings.cresta_media_token,
         }
 
+    def process_environment(self) -> dict[str, str]:
+        """This process's environment plus the stack's: for the job and worker processes."""
+        return {**os.environ, **self.aws_environment(), **self.cresta_environment()}
+
     def apply_environment(self) -> None:
         os.environ.update(self.aws_environment())

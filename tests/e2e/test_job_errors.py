@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 
 import pytest
 
-from emulators.demo import JobProcess, read_audit, send_warm_up_event
+from emulators.demo import read_audit, send_warm_up_event, start_job
 from emulators.stack import LocalStack, StackSettings
-from pipeline.config import load_config
 from pipeline.records import AudioEnd, AudioFrame, ContactEvent, EventType, Track
 
 pytestmark = pytest.mark.e2e
@@ -47,19 +45,12 @@ def read_errors(root) -> list[dict]:
 def test_bad_records_and_an_incomplete_contact_reach_the_error_output(tmp_path):
     with LocalStack(StackSettings(kvs_pool_size=1)) as stack:
         stack.apply_environment()
-        env = {**os.environ, **stack.aws_environment(), **stack.cresta_environment()}
-        config = load_config(
-            env={},
-            overrides={
-                "aws.endpoint_url": stack.endpoint_url,
-                "audit.path": (tmp_path / "audit").as_uri(),
-                "assembler.reorder_window_ms": 0,
-                "job.ready_file": str(tmp_path / "ready"),
-            },
+        job = start_job(
+            stack,
+            stack.process_environment(),
+            tmp_path,
+            **{"audit.path": (tmp_path / "audit").as_uri(), "assembler.reorder_window_ms": 0},
         )
-        config_path = tmp_path / "job.json"
-        config_path.write_text(json.dumps(config.to_property_groups()))
-        job = JobProcess(config_path, env, tmp_path / "job.log", tmp_path / "ready")
         try:
             job.wait_ready(240, lambda: send_warm_up_event(stack))
             kinesis = stack.client("kinesis")
