@@ -1,11 +1,14 @@
-"""The job's one configuration model.
+"""The pipeline's one configuration model: the Flink job's and the connector worker's.
 
 Keys are dotted names grouped the way Managed Flink property groups are
 (``/etc/flink/application_properties.json`` is a list of
 ``{"PropertyGroupId": group, "PropertyMap": {key: value}}``), so the same file works
 locally and in production. Precedence, lowest first: defaults, the file, environment
-variables (``CRESTA_PIPELINE_`` + key upper-cased with dots as underscores), explicit
-overrides (CLI flags). Every value is validated; an error names the bad key.
+variables, explicit overrides (CLI flags). A setting's environment variable is
+``CRESTA_PIPELINE_`` + its key upper-cased with dots as underscores; some also answer to
+the names AWS tools and the deployment give every component (``AWS_REGION``,
+``CONNECTOR_QUEUE_URL``, …), which the prefixed name overrides. Every value is
+validated; an error names the bad key.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ class Setting:
     doc: str
     check: Callable[[Any], bool] = lambda _value: True
     expectation: str = ""
+    #: Other environment variables that set it, weakest last.
+    env_aliases: tuple[str, ...] = ()
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        """Every environment variable that sets it, strongest first."""
+        return (_env_name(self.key), *self.env_aliases)
 
 
 def _bool(text: str) -> bool:
@@ -46,9 +56,12 @@ def _bool(text: str) -> bool:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("aws.region", "us-east-1", str, "AWS region of the streams"),
-    Setting("aws.endpoint_url", "", str, "AWS endpoint override (local stack only)"),
-    Setting("kinesis.audio_frames_stream", "audio-frames", str, "KDS stream of AudioFrame records"),
+    Setting("aws.region", "us-east-1", str, "AWS region of the streams",
+            env_aliases=("AWS_REGION", "AWS_DEFAULT_REGION")),
+    Setting("aws.endpoint_url", "", str, "AWS endpoint override (local stack only)",
+            env_aliases=("AWS_ENDPOINT_URL",)),
+    Setting("kinesis.audio_frames_stream", "audio-frames", str, "KDS stream of AudioFrame records",
+            env_aliases=("AUDIO_FRAMES_STREAM",)),
     Setting("kinesis.contact_events_stream", "contact-events", str, "KDS stream of ContactEvent JSON"),
     Setting(
         "kinesis.initial_position", "TRIM_HORIZON", str,
@@ -106,9 +119,37 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("flink.bundle_size", 100, int, "max records per Python bundle", lambda v: v >= 1, ">= 1"),
     Setting("flink.jar", "", str, "the shaded connector jar (a path or file:// URL)"),
     Setting("job.ready_file", "", str, "touched once the job's Python operators are up (local runs)"),
+    Setting("connector.queue_url", "", str, "SQS queue of contacts to read (required by the worker)",
+            env_aliases=("CONNECTOR_QUEUE_URL",)),
+    Setting(
+        "connector.checkpoint_table", "", str,
+        "DynamoDB table of contact checkpoints; without it a contact that comes back to the queue "
+        "is read again from its start", env_aliases=("CHECKPOINT_TABLE",),
+    ),
+    Setting("connector.kvs_media_endpoint", "", str, "GetMedia endpoint replacing GetDataEndpoint's answer "
+            "(local stack only)", env_aliases=("KVS_MEDIA_ENDPOINT",)),
+    Setting(
+        "connector.max_idle_s", 10.0, float,
+        "a contact whose stream brings no new data this long is over (when Connect's DISCONNECTED "
+        "does not end it first)", lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
+        "connector.checkpoint_interval_s", 5.0, float,
+        "at most one checkpoint per contact this often while audio flows; 0: after every fragment",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
+        "connector.visibility_timeout_s", 60, int,
+        "contacts being read stay invisible on the queue this long, extended while reading",
+        lambda v: 1 <= v <= 43_200, "1..43200 (SQS's limit)",
+    ),
+    Setting(
+        "connector.max_concurrent_contacts", 200, int, "contacts one worker reads at once",
+        lambda v: v >= 1, ">= 1",
+    ),
 )
 
-_BY_KEY = {setting.key: setting for setting in SETTINGS}
+SETTING_BY_KEY = {setting.key: setting for setting in SETTINGS}
 
 
 class PipelineConfig(Mapping[str, Any]):
@@ -154,9 +195,11 @@ def load_config(
     if file_path is not None:
         values.update(_validate(_read_property_groups(file_path), str(file_path)))
     env = os.environ if env is None else env
-    from_env = {
-        s.key: env[_env_name(s.key)] for s in SETTINGS if _env_name(s.key) in env
-    }
+    from_env = {}
+    for setting in SETTINGS:
+        name = next((name for name in setting.env_names if name in env), None)
+        if name is not None:
+            from_env[setting.key] = env[name]
     values.update(_validate(from_env, "environment"))
     values.update(_validate(overrides or {}, "override"))
     return PipelineConfig(values)
@@ -190,7 +233,7 @@ def _read_property_groups(path: Path) -> dict[str, str]:
 def _validate(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     out = {}
     for key, value in raw.items():
-        setting = _BY_KEY.get(key)
+        setting = SETTING_BY_KEY.get(key)
         if setting is None:
             raise ConfigError(f"{source}: unknown setting {key!r}")
         try:
@@ -198,6 +241,8 @@ def _validate(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {key}: {exc}") from None
         expected_type = type(setting.default)
+        if expected_type is float and type(parsed) is int:
+            parsed = float(parsed)
         if type(parsed) is not expected_type:
             raise ConfigError(f"{source}: {key}: expected {expected_type.__name__}, got {value!r}")
         if not setting.check(parsed):

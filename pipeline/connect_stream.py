@@ -68,6 +68,8 @@ class EndReason:
     """Stable reason codes carried by the END record and used in metrics."""
 
     CONTACT_CHANGED = "contact_changed"
+    #: Connect reported the contact DISCONNECTED and its stream has gone quiet.
+    CONTACT_ENDED = "contact_ended"
     STREAM_ENDED = "stream_ended"
     KVS_ERROR = "kvs_error"
     CORRUPT_STREAM = "corrupt_stream"

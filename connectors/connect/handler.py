@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from connectors.kvs.checkpoints import CheckpointStore, DynamoDbCheckpointStore
 from pipeline.connect_events import contact_disconnected, contact_started
 from pipeline.records import RecordError
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CONTACT_EVENTS_STREAM_ENV = "CONTACT_EVENTS_STREAM"
 CONNECTOR_QUEUE_URL_ENV = "CONNECTOR_QUEUE_URL"
+CHECKPOINT_TABLE_ENV = "CHECKPOINT_TABLE"
 
 _clients: dict[str, Any] = {}
 
@@ -59,8 +61,16 @@ def contact_flow_handler(event: dict[str, Any], context: Any = None, *, kinesis=
     return {"status": "OK", "contactId": started.contact_id}
 
 
-def contact_event_handler(event: dict[str, Any], context: Any = None, *, kinesis=None) -> dict[str, str]:
-    """EventBridge Amazon Connect contact events → ENDED on ``contact-events``."""
+def contact_event_handler(
+    event: dict[str, Any], context: Any = None, *, kinesis=None, checkpoints: CheckpointStore | None = None
+) -> dict[str, str]:
+    """EventBridge Amazon Connect contact events → ENDED on ``contact-events``.
+
+    With ``CHECKPOINT_TABLE`` set, a DISCONNECTED contact is also marked ended in the
+    connector's checkpoint table, so the worker reading its audio ends it as soon as its
+    stream goes quiet instead of after the idle limit. Failures raise, so that
+    EventBridge's asynchronous invocation retries; both writes are idempotent.
+    """
     kinesis = kinesis or _client("kinesis")
     try:
         ended = contact_disconnected(event, now_ms=int(time.time() * 1000))
@@ -69,6 +79,10 @@ def contact_event_handler(event: dict[str, Any], context: Any = None, *, kinesis
         return {"status": "ERROR", "reason": exc.reason, "message": str(exc)}
     if ended is None:
         return {"status": "IGNORED"}
+    if checkpoints is None and os.environ.get(CHECKPOINT_TABLE_ENV):
+        checkpoints = DynamoDbCheckpointStore(_client("dynamodb"), os.environ[CHECKPOINT_TABLE_ENV])
+    if checkpoints is not None:
+        checkpoints.mark_contact_ended(ended.contact_id, ended.event_time_ms)
     kinesis.put_record(
         StreamName=os.environ[CONTACT_EVENTS_STREAM_ENV],
         Data=ended.encode(),

@@ -22,6 +22,12 @@ to 128 characters, which DynamoDB compares as a string in numeric order.
 ``expires_at`` is the table's TTL attribute. A checkpoint outlives every redelivery of
 its work item by default (SQS keeps a message 4 days unless told otherwise).
 
+The same item carries ``contact_ended_at_ms``, written by the contact-events Lambda when
+Connect reports the contact DISCONNECTED (``mark_contact_ended``): the worker asks for it
+when a GetMedia body ends for want of new fragments, to tell a finished call from a
+live one that paused. Checkpoint writes update their own attributes only, so neither
+writer erases the other's, whichever comes first.
+
 >>> from pipeline.records import Track
 >>> checkpoint = ContactCheckpoint("c-1", "917", "917", frames={Track.CUSTOMER: 2, Track.AGENT: 2},
 ...                                samples={Track.CUSTOMER: 1024, Track.AGENT: 1024})
@@ -61,14 +67,15 @@ ATTR_COMPLETED = "completed"
 ATTR_END_REASON = "end_reason"
 ATTR_UPDATED_AT_MS = "updated_at_ms"
 ATTR_EXPIRES_AT = "expires_at"
+ATTR_CONTACT_ENDED_AT_MS = "contact_ended_at_ms"
 
 #: Progress: a later fragment, or the same one rewritten by the reader that wrote it.
 _PROGRESS_CONDITION = (
-    "attribute_not_exists(#contact_id) OR (#completed = :false AND "
+    "attribute_not_exists(#position) OR (#completed = :false AND "
     "(#position < :position OR (#position = :position AND #reader_id = :reader_id)))"
 )
 #: Taking over or completing: any reader, at the position the contact was left at or later.
-_AT_OR_AFTER_CONDITION = "attribute_not_exists(#contact_id) OR (#completed = :false AND #position <= :position)"
+_AT_OR_AFTER_CONDITION = "attribute_not_exists(#position) OR (#completed = :false AND #position <= :position)"
 
 
 class CheckpointError(Exception):
@@ -119,6 +126,15 @@ class CheckpointStore(Protocol):
         makes this reader the owner of a checkpoint it resumes from."""
         ...
 
+    def contact_ended_at_ms(self, contact_id: str) -> int:
+        """When Connect reported the contact over (epoch ms), 0 if it has not; raises
+        ``CheckpointError``."""
+        ...
+
+    def mark_contact_ended(self, contact_id: str, ended_at_ms: int) -> None:
+        """Record that the contact is over; the first mark stays. Raises ``CheckpointError``."""
+        ...
+
 
 class DynamoDbCheckpointStore:
     """Checkpoints in a DynamoDB table keyed by ``contact_id`` (see ``create_table``).
@@ -150,21 +166,24 @@ class DynamoDbCheckpointStore:
         except (ClientError, BotoCoreError) as exc:
             raise CheckpointError(f"reading the checkpoint of {contact_id} failed: {exc}") from exc
         item = response.get("Item")
-        return None if item is None else _from_item(item)
+        # An item with only the ended mark holds no progress yet.
+        return None if item is None or ATTR_POSITION not in item else _from_item(item)
 
     def put(self, checkpoint: ContactCheckpoint, *, take_over: bool = False) -> None:
-        values: dict[str, Any] = {":false": {"BOOL": False}, ":position": {"S": checkpoint.position}}
-        names = {"#contact_id": ATTR_CONTACT_ID, "#completed": ATTR_COMPLETED, "#position": ATTR_POSITION}
-        if checkpoint.completed or take_over:
-            condition = _AT_OR_AFTER_CONDITION
-        else:
-            condition = _PROGRESS_CONDITION
-            values[":reader_id"] = {"S": checkpoint.reader_id}
-            names["#reader_id"] = ATTR_READER_ID
+        item = _to_item(checkpoint, self.ttl_s)
+        del item[ATTR_CONTACT_ID]
+        # The condition's :position and :reader_id are the values written, so the SET
+        # clause and the condition share their placeholders.
+        names = {f"#{name}": name for name in item}
+        values = {f":{name}": value for name, value in item.items()}
+        values[":false"] = {"BOOL": False}
+        condition = _AT_OR_AFTER_CONDITION if checkpoint.completed or take_over else _PROGRESS_CONDITION
         try:
-            self._client.put_item(
+            # UpdateItem rather than PutItem: the item may hold the contact's ended mark.
+            self._client.update_item(
                 TableName=self.table_name,
-                Item=_to_item(checkpoint, self.ttl_s),
+                Key={ATTR_CONTACT_ID: {"S": checkpoint.contact_id}},
+                UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in item),
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
@@ -178,6 +197,38 @@ class DynamoDbCheckpointStore:
             raise CheckpointError(f"writing the checkpoint of {checkpoint.contact_id} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise CheckpointError(f"writing the checkpoint of {checkpoint.contact_id} failed: {exc}") from exc
+
+    def contact_ended_at_ms(self, contact_id: str) -> int:
+        try:
+            response = self._client.get_item(
+                TableName=self.table_name,
+                Key={ATTR_CONTACT_ID: {"S": contact_id}},
+                ConsistentRead=True,
+                ProjectionExpression="#ended",
+                ExpressionAttributeNames={"#ended": ATTR_CONTACT_ENDED_AT_MS},
+            )
+            return int(response.get("Item", {}).get(ATTR_CONTACT_ENDED_AT_MS, {}).get("N", "0"))
+        except (ClientError, BotoCoreError) as exc:
+            raise CheckpointError(f"reading whether {contact_id} has ended failed: {exc}") from exc
+        except ValueError as exc:
+            raise CheckpointError(f"malformed ended mark of {contact_id}: {exc}") from exc
+
+    def mark_contact_ended(self, contact_id: str, ended_at_ms: int) -> None:
+        try:
+            # if_not_exists: Connect's events come at least once; the first time counts,
+            # and a mark never shortens the TTL a checkpoint set.
+            self._client.update_item(
+                TableName=self.table_name,
+                Key={ATTR_CONTACT_ID: {"S": contact_id}},
+                UpdateExpression="SET #ended = if_not_exists(#ended, :ended), #expires = if_not_exists(#expires, :expires)",
+                ExpressionAttributeNames={"#ended": ATTR_CONTACT_ENDED_AT_MS, "#expires": ATTR_EXPIRES_AT},
+                ExpressionAttributeValues={
+                    ":ended": {"N": str(ended_at_ms)},
+                    ":expires": {"N": str(ended_at_ms // 1000 + self.ttl_s)},
+                },
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise CheckpointError(f"marking {contact_id} ended failed: {exc}") from exc
 
 
 def create_table(dynamodb_client: Any, table_name: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -22,14 +21,8 @@ from typing import Any, BinaryIO, Final
 import boto3
 
 from connectors.kvs.media import KvsMediaSource, MediaSourceError
-from connectors.kvs.worker import (
-    DEFAULT_REGION,
-    ENV_DEFAULT_REGION,
-    ENV_ENDPOINT_URL,
-    ENV_KVS_MEDIA_ENDPOINT,
-    ENV_REGION,
-)
 from pipeline.audio import write_wav_pcm16
+from pipeline.config import SETTING_BY_KEY, ConfigError, load_config
 from pipeline.kvs_fragments import (
     ContactAudio,
     ContactAudioCollector,
@@ -74,8 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+#: Flags of a live read and the settings they override (the connector's, by default).
+_LIVE_FLAGS = {
+    "--endpoint-url": "aws.endpoint_url",
+    "--region": "aws.region",
+    "--kvs-media-endpoint": "connector.kvs_media_endpoint",
+}
+
+
 def _argument_parser() -> argparse.ArgumentParser:
-    env = os.environ
     source = argparse.ArgumentParser(add_help=False)
     source.add_argument(
         "source", nargs="?", metavar="SOURCE",
@@ -86,12 +86,10 @@ def _argument_parser() -> argparse.ArgumentParser:
                       "reading ends when the response ends (about 3 s after the newest fragment)")
     live.add_argument("--start-fragment", metavar="N", help="start with the fragment AFTER fragment "
                       "number N (StartSelector FRAGMENT_NUMBER); default: the oldest fragment (EARLIEST)")
-    live.add_argument("--endpoint-url", metavar="URL", default=env.get(ENV_ENDPOINT_URL),
-                      help=f"AWS endpoint, for local stacks (default: ${ENV_ENDPOINT_URL})")
-    live.add_argument("--region", default=env.get(ENV_REGION) or env.get(ENV_DEFAULT_REGION) or DEFAULT_REGION,
-                      help=f"AWS region (default: ${ENV_REGION}, ${ENV_DEFAULT_REGION}, {DEFAULT_REGION})")
-    live.add_argument("--kvs-media-endpoint", metavar="URL", default=env.get(ENV_KVS_MEDIA_ENDPOINT),
-                      help=f"GetMedia endpoint instead of GetDataEndpoint's answer (default: ${ENV_KVS_MEDIA_ENDPOINT})")
+    for flag, key in _LIVE_FLAGS.items():
+        setting = SETTING_BY_KEY[key]
+        live.add_argument(flag, dest=key, metavar="VALUE",
+                          help=f"{setting.doc} (default: ${', $'.join(setting.env_names)}, {setting.default!r})")
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -150,10 +148,15 @@ def _read_file(path: str) -> Iterator[bytes]:
 
 
 def _get_media(args: argparse.Namespace) -> Iterator[bytes]:
-    session = boto3.session.Session(region_name=args.region)
+    try:
+        config = load_config(overrides={key: getattr(args, key) for key in _LIVE_FLAGS.values()
+                                        if getattr(args, key) is not None})
+    except ConfigError as exc:
+        raise SourceError(str(exc)) from None
+    session = boto3.session.Session(region_name=config["aws.region"])
     source = KvsMediaSource(
-        session.client("kinesisvideo", endpoint_url=args.endpoint_url),
-        media_endpoint_override=args.kvs_media_endpoint,
+        session.client("kinesisvideo", endpoint_url=config["aws.endpoint_url"] or None),
+        media_endpoint_override=config["connector.kvs_media_endpoint"] or None,
         session=session,
     )
     selector: dict[str, Any] = (

@@ -41,16 +41,23 @@ over, and totals continue from what this read (and the checkpoint) published. Fr
 a fragment already published are never published again.
 
 When a contact is over. A body that ends cannot say whether the call did: a caught-up
-reader of a live call and a reader of a call that hung up see the same thing. Connect
-says it in the stream in two ways, and the worker ends the contact on either: a fragment
-tagged with another ContactId (Connect reuses the stream for the next contact), or no
-new data for ``max_idle_s`` (default 10 s) while it keeps reconnecting. Connect streams
-audio continuously while media streaming is on — silence is audio too — so several
-seconds without a fragment mean the call or its streaming has stopped; KVS's own ~3 s
-end of body is too short to ride out a producer's hiccup and would end the contact
-early. The cost: the END record comes ``max_idle_s`` after the last audio, unless the
-stream's next contact starts first. (The exact signal, Connect's DISCONNECTED event,
-reaches the contact-events stream but not the worker.)
+reader of a live call and a reader of a call that hung up see the same thing. The worker
+ends the contact on the first of three signals:
+
+- a fragment tagged with another ContactId (Connect reuses the stream for the next
+  contact);
+- a body that ended cleanly (KVS had no new fragment for ~3 s, so everything Connect
+  wrote has been read) for a contact Connect has reported DISCONNECTED: the
+  contact-events Lambda marks it ended in the checkpoint table, and the worker asks
+  there each time a body ends that way;
+- no new data for ``max_idle_s`` (default 10 s) while it keeps reconnecting, for when
+  the DISCONNECTED event is late or lost. Connect streams audio continuously while
+  media streaming is on — silence is audio too — so several seconds without a fragment
+  mean the call or its streaming has stopped; KVS's own ~3 s end of body is too short
+  to ride out a producer's hiccup and would end the contact early.
+
+A body that ends while the contact is still active is followed by a new connection from
+the last continuation token.
 
 Failure policy.
 
@@ -78,7 +85,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import signal
 import threading
@@ -101,6 +107,7 @@ from connectors.kvs.checkpoints import (
     StaleCheckpointError,
 )
 from connectors.kvs.media import KvsMediaSource, MediaSource, MediaSourceError
+from pipeline.config import SETTING_BY_KEY, load_config
 from pipeline.connect_stream import (
     TAG_CONTINUATION_TOKEN,
     TAG_FRAGMENT_NUMBER,
@@ -111,17 +118,6 @@ from pipeline.mkv import EbmlHeader, MkvError, MkvEvent, MkvStreamParser, Tag
 from pipeline.records import AudioEnd, AudioFrame, ContactWork, RecordError, Track, encode_frame_batches
 
 log = logging.getLogger(__name__)
-
-ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"
-ENV_REGION = "AWS_REGION"
-ENV_DEFAULT_REGION = "AWS_DEFAULT_REGION"
-ENV_QUEUE_URL = "CONNECTOR_QUEUE_URL"
-ENV_FRAMES_STREAM = "AUDIO_FRAMES_STREAM"
-ENV_KVS_MEDIA_ENDPOINT = "KVS_MEDIA_ENDPOINT"
-ENV_CHECKPOINT_TABLE = "CHECKPOINT_TABLE"
-ENV_MAX_IDLE_S = "CONNECTOR_MAX_IDLE_S"
-DEFAULT_FRAMES_STREAM = "audio-frames"
-DEFAULT_REGION = "us-east-1"
 
 #: See "When a contact is over" above.
 DEFAULT_MAX_IDLE_S = 10.0
@@ -479,12 +475,28 @@ class _ContactRead:
                 continue
             if self.stop.is_set():
                 continue
+            if self.contact_has_ended():
+                return self.finish(EndReason.CONTACT_ENDED)
             idle_s = time.monotonic() - last_data_at
             if idle_s >= settings.max_idle_s:
                 log.info("contact stream idle, ending contact_id=%s idle_s=%.1f", self.contact_id, idle_s)
                 return self.finish(EndReason.STREAM_ENDED)
             if not connection.received_data:
                 self.stop.wait(min(settings.retry_initial_s, settings.max_idle_s - idle_s))
+
+    def contact_has_ended(self) -> bool:
+        """Whether Connect has reported the contact over (see "When a contact is over")."""
+        if self.checkpoints is None:
+            return False
+        try:
+            ended_at_ms = self.checkpoints.contact_ended_at_ms(self.contact_id)
+        except CheckpointError as exc:
+            # The idle limit still ends the contact.
+            log.warning("cannot tell whether the contact has ended contact_id=%s: %s", self.contact_id, exc)
+            return False
+        if ended_at_ms:
+            log.info("contact disconnected and its stream is quiet, ending contact_id=%s", self.contact_id)
+        return ended_at_ms > 0
 
     def selector(self) -> dict[str, Any]:
         if self.resume_token:
@@ -667,7 +679,7 @@ class _ContactRead:
         end = self.progress.end_record(self.contact_id, reason)
         self.publish(end.encode(), self.contact_id)
         self.save_completed(reason)
-        normal = reason in (EndReason.CONTACT_CHANGED, EndReason.STREAM_ENDED)
+        normal = reason in (EndReason.CONTACT_CHANGED, EndReason.CONTACT_ENDED, EndReason.STREAM_ENDED)
         log.log(
             logging.INFO if normal else logging.WARNING,
             "contact read ended contact_id=%s reason=%s frames=%d customer_samples=%d agent_samples=%d "
@@ -956,57 +968,61 @@ class ConnectorWorker:
 # -- CLI ---------------------------------------------------------------------------------
 
 
+#: ``connector run`` flags and the settings they override.
+_FLAGS = (
+    ("--region", "aws.region"),
+    ("--endpoint-url", "aws.endpoint_url"),
+    ("--queue-url", "connector.queue_url"),
+    ("--frames-stream", "kinesis.audio_frames_stream"),
+    ("--checkpoint-table", "connector.checkpoint_table"),
+    ("--kvs-media-endpoint", "connector.kvs_media_endpoint"),
+    ("--max-idle-s", "connector.max_idle_s"),
+    ("--checkpoint-interval-s", "connector.checkpoint_interval_s"),
+    ("--visibility-timeout-s", "connector.visibility_timeout_s"),
+    ("--max-concurrent-contacts", "connector.max_concurrent_contacts"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``cresta-pipeline connector run``: read contacts until SIGTERM/SIGINT."""
-    env = os.environ
-    defaults = ReadSettings()
     parser = argparse.ArgumentParser(
-        prog="cresta-pipeline connector run", description="KVS connector worker: contacts from SQS to KDS"
+        prog="cresta-pipeline connector run",
+        description="KVS connector worker: contacts from the SQS work queue, their audio from KVS "
+                    "GetMedia to the KDS audio-frames stream. Settings come from --config, then the "
+                    "environment, then these flags (the strongest).",
     )
-    parser.add_argument("--endpoint-url", default=env.get(ENV_ENDPOINT_URL),
-                        help=f"AWS endpoint for local runs (env {ENV_ENDPOINT_URL})")
-    parser.add_argument("--region",
-                        default=env.get(ENV_REGION) or env.get(ENV_DEFAULT_REGION) or DEFAULT_REGION,
-                        help=f"AWS region (env {ENV_REGION}, {ENV_DEFAULT_REGION})")
-    parser.add_argument("--queue-url", default=env.get(ENV_QUEUE_URL),
-                        help=f"SQS work queue URL (env {ENV_QUEUE_URL})")
-    parser.add_argument("--frames-stream", default=env.get(ENV_FRAMES_STREAM) or DEFAULT_FRAMES_STREAM,
-                        help=f"KDS stream for AudioFrame records (env {ENV_FRAMES_STREAM})")
-    parser.add_argument("--kvs-media-endpoint", default=env.get(ENV_KVS_MEDIA_ENDPOINT),
-                        help="GetMedia endpoint replacing GetDataEndpoint's answer "
-                             f"(env {ENV_KVS_MEDIA_ENDPOINT})")
-    parser.add_argument("--checkpoint-table", default=env.get(ENV_CHECKPOINT_TABLE),
-                        help="DynamoDB table of contact checkpoints; without it a contact that comes back "
-                             f"to the queue is read again from its start (env {ENV_CHECKPOINT_TABLE})")
-    parser.add_argument("--max-idle-s", type=float,
-                        default=float(env.get(ENV_MAX_IDLE_S) or defaults.max_idle_s),
-                        help="a contact whose stream brings no new data this long is over "
-                             f"(env {ENV_MAX_IDLE_S}; default %(default)s)")
-    parser.add_argument("--checkpoint-interval-s", type=float, default=defaults.checkpoint_interval_s,
-                        help="at most one checkpoint per contact this often while audio flows; "
-                             "0: after every fragment (default %(default)s)")
-    parser.add_argument("--visibility-timeout-s", type=int, default=60,
-                        help="work items being read stay invisible this long, extended while reading "
-                             "(default %(default)s)")
-    parser.add_argument("--max-concurrent-contacts", type=int, default=200)
+    parser.add_argument("--config", metavar="FILE",
+                        help="settings file: Managed Flink property groups JSON, as the job reads")
+    for flag, key in _FLAGS:
+        setting = SETTING_BY_KEY[key]
+        parser.add_argument(flag, dest=key, metavar="VALUE",
+                            help=f"{setting.doc} [{key}; env {', '.join(setting.env_names)}; "
+                                 f"default {setting.default!r}]")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    if not args.queue_url:
-        parser.error(f"--queue-url (or {ENV_QUEUE_URL}) is required")
     try:
-        settings = ReadSettings(max_idle_s=args.max_idle_s, checkpoint_interval_s=args.checkpoint_interval_s)
-    except ValueError as exc:
+        config = load_config(args.config, overrides={
+            key: getattr(args, key) for _, key in _FLAGS if getattr(args, key) is not None
+        })
+        settings = ReadSettings(
+            max_idle_s=config["connector.max_idle_s"],
+            checkpoint_interval_s=config["connector.checkpoint_interval_s"],
+        )
+    except ValueError as exc:  # ConfigError among them
         parser.error(str(exc))
+    if not config["connector.queue_url"]:
+        parser.error("connector.queue_url is required: --queue-url, CONNECTOR_QUEUE_URL or the config file")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    session = boto3.session.Session(region_name=args.region)
-    sqs = session.client("sqs", endpoint_url=args.endpoint_url)
-    kinesis = session.client("kinesis", endpoint_url=args.endpoint_url)
-    kinesisvideo = session.client("kinesisvideo", endpoint_url=args.endpoint_url)
+    session = boto3.session.Session(region_name=config["aws.region"])
+    endpoint_url = config["aws.endpoint_url"] or None
+    sqs = session.client("sqs", endpoint_url=endpoint_url)
+    kinesis = session.client("kinesis", endpoint_url=endpoint_url)
+    kinesisvideo = session.client("kinesisvideo", endpoint_url=endpoint_url)
     checkpoint_store = None
-    if args.checkpoint_table:
+    if config["connector.checkpoint_table"]:
         checkpoint_store = DynamoDbCheckpointStore(
-            session.client("dynamodb", endpoint_url=args.endpoint_url), args.checkpoint_table
+            session.client("dynamodb", endpoint_url=endpoint_url), config["connector.checkpoint_table"]
         )
 
     stop = threading.Event()
@@ -1017,15 +1033,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    producer = KinesisRecordProducer(kinesis, args.frames_stream)
+    producer = KinesisRecordProducer(kinesis, config["kinesis.audio_frames_stream"])
     try:
         worker = ConnectorWorker(
             sqs,
-            args.queue_url,
-            KvsMediaSource(kinesisvideo, media_endpoint_override=args.kvs_media_endpoint, session=session),
+            config["connector.queue_url"],
+            KvsMediaSource(
+                kinesisvideo, media_endpoint_override=config["connector.kvs_media_endpoint"] or None, session=session
+            ),
             producer,
-            max_concurrent_contacts=args.max_concurrent_contacts,
-            visibility_timeout_s=args.visibility_timeout_s,
+            max_concurrent_contacts=config["connector.max_concurrent_contacts"],
+            visibility_timeout_s=config["connector.visibility_timeout_s"],
             checkpoint_store=checkpoint_store,
             read_settings=settings,
         )

@@ -23,7 +23,13 @@ from botocore.stub import Stubber
 from moto.server import ThreadedMotoServer
 
 from connectors.kinesis.producer import KinesisRecordProducer
-from connectors.kvs.checkpoints import ContactCheckpoint, DynamoDbCheckpointStore, StaleCheckpointError, create_table
+from connectors.kvs.checkpoints import (
+    CheckpointError,
+    ContactCheckpoint,
+    DynamoDbCheckpointStore,
+    StaleCheckpointError,
+    create_table,
+)
 from connectors.kvs.media import KvsMediaSource, MediaSourceError
 from connectors.kvs.worker import ConnectorWorker, ContactReadResult, ReadSettings, read_contact
 from emulators.kvs import KvsMediaEmulator
@@ -265,9 +271,23 @@ class MemoryCheckpointStore:
         self.items = {checkpoint.contact_id: checkpoint for checkpoint in initial}
         self.written: list[ContactCheckpoint] = []
         self.refuse_writes = False
+        #: What each ``contact_ended_at_ms`` answers, in turn (the last one repeats);
+        #: a CheckpointError among them is raised.
+        self.ended_answers: list[int | CheckpointError] = [0]
+        self.ended_checks = 0
 
     def get(self, contact_id: str) -> ContactCheckpoint | None:
         return self.items.get(contact_id)
+
+    def contact_ended_at_ms(self, contact_id: str) -> int:
+        answer = self.ended_answers[min(self.ended_checks, len(self.ended_answers) - 1)]
+        self.ended_checks += 1
+        if isinstance(answer, CheckpointError):
+            raise answer
+        return answer
+
+    def mark_contact_ended(self, contact_id: str, ended_at_ms: int) -> None:
+        raise AssertionError("the worker never marks a contact ended")
 
     def put(self, checkpoint: ContactCheckpoint, *, take_over: bool = False) -> None:
         stored = self.items.get(checkpoint.contact_id)
@@ -433,6 +453,39 @@ def test_checkpoints_follow_whole_fragments_and_end_completed():
     )
 
 
+#: Only Connect's DISCONNECTED (or, failing it, a minute of silence) ends these contacts.
+PATIENT = ReadSettings(max_idle_s=60, retry_initial_s=0, retry_max_s=0, checkpoint_interval_s=0)
+
+
+def test_a_disconnected_contact_ends_when_its_body_ends_without_waiting_for_the_idle_limit():
+    store = MemoryCheckpointStore(RecordingProducer())
+    store.ended_answers = [T0 + 2 * FRAGMENT_MS]
+    source = FakeMediaSource([kvs_fragment(0) + kvs_fragment(1)])
+    result, records = read(source, store=store, settings=PATIENT)
+    assert result.reason == "contact_ended" and not result.retryable
+    assert_whole_contact(records, range(2), "contact_ended")
+    assert len(source.selectors) == 1 and store.ended_checks == 1
+    assert store.items[CONTACT_A].completed and store.items[CONTACT_A].end_reason == "contact_ended"
+
+
+def test_a_body_that_ends_while_the_contact_is_active_is_followed_by_the_next_connection():
+    store = MemoryCheckpointStore(RecordingProducer())
+    store.ended_answers = [0, 0, T0]
+    source = FakeMediaSource([kvs_fragment(0)], [kvs_fragment(1)], [kvs_fragment(2)])
+    result, records = read(source, store=store, settings=PATIENT)
+    assert_whole_contact(records, range(3), "contact_ended")
+    assert source.selectors[1:] == [token_selector(0), token_selector(1)]
+
+
+def test_when_the_ended_mark_cannot_be_read_the_idle_limit_still_ends_the_contact():
+    store = MemoryCheckpointStore(RecordingProducer())
+    store.ended_answers = [CheckpointError("DynamoDB is unreachable")]
+    result, records = read(FakeMediaSource([kvs_fragment(0)]), store=store,
+                           settings=ReadSettings(max_idle_s=0, checkpoint_interval_s=0))
+    assert result.reason == "stream_ended"
+    assert_whole_contact(records, range(1), "stream_ended")
+
+
 def test_a_resumed_contact_with_nothing_left_to_read_still_ends():
     producer = RecordingProducer()
     left = ContactCheckpoint(
@@ -526,6 +579,42 @@ def test_checkpoint_store_orders_writes_in_dynamodb(aws_endpoint, session):
     assert store.get(CONTACT_A) == at(2, "b", completed=True, end_reason="stream_ended")
 
 
+def test_ended_mark_and_checkpoints_share_the_item_without_erasing_each_other(aws_endpoint, session):
+    dynamodb = session.client("dynamodb", endpoint_url=aws_endpoint)
+    create_table(dynamodb, "checkpoints-ended")
+    store = DynamoDbCheckpointStore(dynamodb, "checkpoints-ended")
+    counts = {Track.CUSTOMER: 1, Track.AGENT: 1}
+    first = ContactCheckpoint(CONTACT_A, fragment_number(1), fragment_number(1), counts, counts, reader_id="a")
+    later = ContactCheckpoint(CONTACT_A, fragment_number(2), fragment_number(2), counts, counts, reader_id="a")
+
+    assert store.contact_ended_at_ms(CONTACT_A) == 0
+    store.mark_contact_ended(CONTACT_A, T0)
+    assert store.get(CONTACT_A) is None, "a mark alone is no progress"
+    store.put(first)
+    store.mark_contact_ended(CONTACT_A, T0 + 5000)
+    store.put(later)
+    assert store.get(CONTACT_A) == later
+    assert store.contact_ended_at_ms(CONTACT_A) == T0, "the first mark stays"
+    assert store.contact_ended_at_ms(CONTACT_B) == 0
+
+
+def run_cli_until_started(args: list[str], env: dict[str, str]) -> str:
+    """Start ``connector run``, wait for its start line, SIGTERM it; the start line."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from connectors.kvs.worker import main; sys.exit(main())", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        started = next((line for line in process.stdout if "connector worker started" in line), "")
+        process.send_signal(signal.SIGTERM)
+        output = process.stdout.read()
+        assert process.wait(timeout=10) == 0, output
+    finally:
+        process.kill()
+    assert "connector worker stopped" in output
+    return started
+
+
 def test_cli_stops_cleanly_on_sigterm(aws_endpoint, session):
     queue_url = session.client("sqs", endpoint_url=aws_endpoint).create_queue(QueueName="cli-work")["QueueUrl"]
     env = {
@@ -534,23 +623,55 @@ def test_cli_stops_cleanly_on_sigterm(aws_endpoint, session):
         "AWS_SECRET_ACCESS_KEY": "testing",
         "CONNECTOR_QUEUE_URL": queue_url,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from connectors.kvs.worker import main; sys.exit(main())",
-         "--endpoint-url", aws_endpoint, "--region", REGION, "--checkpoint-table", "cli-checkpoints",
+    started = run_cli_until_started(
+        ["--endpoint-url", aws_endpoint, "--region", REGION, "--checkpoint-table", "cli-checkpoints",
          "--max-idle-s", "2.5"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env,
     )
-    try:
-        for line in process.stdout:
-            if "connector worker started" in line:
-                assert "checkpoints=on max_idle_s=2.5" in line
-                break
-        process.send_signal(signal.SIGTERM)
-        output = process.stdout.read()
-        assert process.wait(timeout=10) == 0
-    finally:
-        process.kill()
-    assert "connector worker stopped" in output
+    assert "checkpoints=on max_idle_s=2.5" in started
+
+
+def test_cli_reads_a_config_file_under_the_environment_under_flags(aws_endpoint, session, tmp_path):
+    sqs = session.client("sqs", endpoint_url=aws_endpoint)
+    queue_url = sqs.create_queue(QueueName="cli-config-work")["QueueUrl"]
+    config = tmp_path / "connector.json"
+    config.write_text(json.dumps([
+        {"PropertyGroupId": "aws", "PropertyMap": {"endpoint_url": aws_endpoint, "region": REGION}},
+        {"PropertyGroupId": "connector", "PropertyMap": {
+            "queue_url": "https://wrong.example/queue", "max_idle_s": "7", "checkpoint_table": "from-file"}},
+    ]))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CRESTA_PIPELINE_", "CONNECTOR_", "CHECKPOINT_"))},
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "CRESTA_PIPELINE_CONNECTOR_QUEUE_URL": queue_url,
+        "CRESTA_PIPELINE_CONNECTOR_MAX_IDLE_S": "8",
+    }
+    started = run_cli_until_started(["--config", str(config)], env)
+    assert f"queue={queue_url} checkpoints=on max_idle_s=8" in started
+    started = run_cli_until_started(["--config", str(config), "--max-idle-s", "9"], env)
+    assert "max_idle_s=9" in started
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-idle-s", "soon"], "connector.max_idle_s"),
+        (["--visibility-timeout-s", "0"], "connector.visibility_timeout_s = '0', expected 1..43200"),
+        ([], "connector.queue_url is required"),
+    ],
+    ids=["not-a-number", "out-of-range", "no-queue"],
+)
+def test_cli_names_the_bad_setting(args, message):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRESTA_PIPELINE_", "CONNECTOR_"))}
+    if args:
+        env["CONNECTOR_QUEUE_URL"] = "https://sqs.us-east-1.amazonaws.com/123456789012/work"
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from connectors.kvs.worker import main; sys.exit(main())", *args],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
 
 
 def test_media_source_asks_for_the_data_endpoint_once_per_stream(session, emulator):

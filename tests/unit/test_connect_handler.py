@@ -16,6 +16,7 @@ from botocore.stub import Stubber
 
 from connectors.connect import handler as handler_module
 from connectors.connect.handler import contact_event_handler, contact_flow_handler
+from connectors.kvs.checkpoints import CheckpointError, DynamoDbCheckpointStore
 from pipeline.records import ContactEvent, ContactWork
 
 STREAM = "contact-events-test"
@@ -269,3 +270,43 @@ def test_event_handler_rejects_an_event_without_detail(kinesis):
     result = contact_event_handler(event, None, kinesis=kinesis[0])
     assert result["status"] == "ERROR" and result["reason"] == "malformed_connect_event"
     assert "detail" in result["message"]
+
+
+def test_event_handler_marks_a_disconnected_contact_ended_for_the_connector_first(kinesis):
+    kinesis_client, kinesis_stub = kinesis
+    dynamodb = make_client("dynamodb")
+    kinesis_stub.add_response("put_record", PUT_RECORD_OK)
+    with Stubber(dynamodb) as dynamodb_stub:
+        dynamodb_stub.add_response(
+            "update_item",
+            {},
+            {
+                "TableName": "checkpoints-test",
+                "Key": {"contact_id": {"S": CONTACT}},
+                "UpdateExpression": (
+                    "SET #ended = if_not_exists(#ended, :ended), #expires = if_not_exists(#expires, :expires)"
+                ),
+                "ExpressionAttributeNames": {"#ended": "contact_ended_at_ms", "#expires": "expires_at"},
+                "ExpressionAttributeValues": {
+                    ":ended": {"N": str(NOW_MS)},
+                    ":expires": {"N": str(NOW_MS // 1000 + 3600)},
+                },
+            },
+        )
+        store = DynamoDbCheckpointStore(dynamodb, "checkpoints-test", ttl_s=3600)
+        result = contact_event_handler(contact_event("DISCONNECTED"), None, kinesis=kinesis_client, checkpoints=store)
+        dynamodb_stub.assert_no_pending_responses()
+    assert result == {"status": "OK", "contactId": CONTACT}
+    kinesis_stub.assert_no_pending_responses()
+
+
+def test_event_handler_raises_for_a_retry_when_the_mark_fails_and_sends_no_ended(kinesis):
+    kinesis_client, _ = kinesis
+    dynamodb = make_client("dynamodb")
+    with Stubber(dynamodb) as dynamodb_stub:
+        dynamodb_stub.add_client_error("update_item", service_error_code="InternalServerError", http_status_code=500)
+        with pytest.raises(CheckpointError):
+            contact_event_handler(
+                contact_event("DISCONNECTED"), None, kinesis=kinesis_client,
+                checkpoints=DynamoDbCheckpointStore(dynamodb, "checkpoints-test"),
+            )

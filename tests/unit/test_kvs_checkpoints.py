@@ -28,10 +28,10 @@ TTL_S = 3600
 PADDED_FRAGMENT = "0" * (128 - len(FRAGMENT)) + FRAGMENT
 
 PROGRESS_CONDITION = (
-    "attribute_not_exists(#contact_id) OR (#completed = :false AND "
+    "attribute_not_exists(#position) OR (#completed = :false AND "
     "(#position < :position OR (#position = :position AND #reader_id = :reader_id)))"
 )
-AT_OR_AFTER_CONDITION = "attribute_not_exists(#contact_id) OR (#completed = :false AND #position <= :position)"
+AT_OR_AFTER_CONDITION = "attribute_not_exists(#position) OR (#completed = :false AND #position <= :position)"
 
 
 @pytest.fixture
@@ -73,6 +73,26 @@ def item(completed: bool = False, end_reason: str = "") -> dict:
     }
 
 
+#: Every attribute of a checkpoint but the key, in the order the store writes them.
+CHECKPOINT_ATTRIBUTES = [
+    "position", "last_fragment_number", "continuation_token", "frames", "samples", "last_audio_end_ms",
+    "reader_id", "completed", "end_reason", "updated_at_ms", "expires_at",
+]
+
+
+def expected_update(condition: str, **item_changes) -> dict:
+    """The UpdateItem of a checkpoint: SET of its own attributes only, under ``condition``."""
+    values = {f":{name}": value for name, value in item(**item_changes).items() if name != "contact_id"}
+    return {
+        "TableName": TABLE,
+        "Key": {"contact_id": {"S": CONTACT}},
+        "UpdateExpression": "SET " + ", ".join(f"#{name} = :{name}" for name in CHECKPOINT_ATTRIBUTES),
+        "ConditionExpression": condition,
+        "ExpressionAttributeNames": {f"#{name}": name for name in CHECKPOINT_ATTRIBUTES},
+        "ExpressionAttributeValues": {**values, ":false": {"BOOL": False}},
+    }
+
+
 def test_get_reads_consistently_and_decodes_every_field(client):
     with Stubber(client) as stub:
         stub.add_response(
@@ -103,26 +123,7 @@ def test_get_of_a_malformed_item_raises_a_checkpoint_error(client):
 
 def test_put_of_progress_may_only_move_forward_or_repeat_for_the_same_reader(client):
     with Stubber(client) as stub:
-        stub.add_response(
-            "put_item",
-            {},
-            {
-                "TableName": TABLE,
-                "Item": item(),
-                "ConditionExpression": PROGRESS_CONDITION,
-                "ExpressionAttributeNames": {
-                    "#contact_id": "contact_id",
-                    "#completed": "completed",
-                    "#position": "position",
-                    "#reader_id": "reader_id",
-                },
-                "ExpressionAttributeValues": {
-                    ":false": {"BOOL": False},
-                    ":position": {"S": PADDED_FRAGMENT},
-                    ":reader_id": {"S": "reader-1"},
-                },
-            },
-        )
+        stub.add_response("update_item", {}, expected_update(PROGRESS_CONDITION))
         DynamoDbCheckpointStore(client, TABLE, ttl_s=TTL_S).put(checkpoint())
         stub.assert_no_pending_responses()
 
@@ -134,28 +135,76 @@ def test_put_of_progress_may_only_move_forward_or_repeat_for_the_same_reader(cli
 )
 def test_completion_and_take_over_are_allowed_to_any_reader_at_or_after_the_position(client, changes, take_over):
     with Stubber(client) as stub:
-        stub.add_response(
-            "put_item",
-            {},
-            {
-                "TableName": TABLE,
-                "Item": item(**changes),
-                "ConditionExpression": AT_OR_AFTER_CONDITION,
-                "ExpressionAttributeNames": {
-                    "#contact_id": "contact_id",
-                    "#completed": "completed",
-                    "#position": "position",
-                },
-                "ExpressionAttributeValues": {":false": {"BOOL": False}, ":position": {"S": PADDED_FRAGMENT}},
-            },
-        )
+        stub.add_response("update_item", {}, expected_update(AT_OR_AFTER_CONDITION, **changes))
         DynamoDbCheckpointStore(client, TABLE, ttl_s=TTL_S).put(checkpoint(**changes), take_over=take_over)
         stub.assert_no_pending_responses()
 
 
+def test_get_of_an_item_with_only_the_ended_mark_is_no_checkpoint(client):
+    with Stubber(client) as stub:
+        stub.add_response(
+            "get_item", {"Item": {"contact_id": {"S": CONTACT}, "contact_ended_at_ms": {"N": "1726677699000"}}}
+        )
+        assert DynamoDbCheckpointStore(client, TABLE).get(CONTACT) is None
+
+
+def test_mark_contact_ended_keeps_the_first_mark_and_any_longer_ttl(client):
+    with Stubber(client) as stub:
+        stub.add_response(
+            "update_item",
+            {},
+            {
+                "TableName": TABLE,
+                "Key": {"contact_id": {"S": CONTACT}},
+                "UpdateExpression": (
+                    "SET #ended = if_not_exists(#ended, :ended), #expires = if_not_exists(#expires, :expires)"
+                ),
+                "ExpressionAttributeNames": {"#ended": "contact_ended_at_ms", "#expires": "expires_at"},
+                "ExpressionAttributeValues": {
+                    ":ended": {"N": "1726677699000"},
+                    ":expires": {"N": str(1_726_677_699 + TTL_S)},
+                },
+            },
+        )
+        DynamoDbCheckpointStore(client, TABLE, ttl_s=TTL_S).mark_contact_ended(CONTACT, 1_726_677_699_000)
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(
+    ("item_found", "ended_at_ms"),
+    [({}, 0), ({"Item": {}}, 0), ({"Item": {"contact_ended_at_ms": {"N": "1726677699000"}}}, 1_726_677_699_000)],
+    ids=["no-item", "not-ended", "ended"],
+)
+def test_contact_ended_at_ms_reads_only_the_mark_consistently(client, item_found, ended_at_ms):
+    with Stubber(client) as stub:
+        stub.add_response(
+            "get_item",
+            item_found,
+            {
+                "TableName": TABLE,
+                "Key": {"contact_id": {"S": CONTACT}},
+                "ConsistentRead": True,
+                "ProjectionExpression": "#ended",
+                "ExpressionAttributeNames": {"#ended": "contact_ended_at_ms"},
+            },
+        )
+        assert DynamoDbCheckpointStore(client, TABLE).contact_ended_at_ms(CONTACT) == ended_at_ms
+
+
+def test_ended_mark_errors_are_checkpoint_errors(client):
+    with Stubber(client) as stub:
+        stub.add_client_error("get_item", service_error_code="InternalServerError", http_status_code=500)
+        stub.add_client_error("update_item", service_error_code="InternalServerError", http_status_code=500)
+        store = DynamoDbCheckpointStore(client, TABLE)
+        with pytest.raises(CheckpointError):
+            store.contact_ended_at_ms(CONTACT)
+        with pytest.raises(CheckpointError):
+            store.mark_contact_ended(CONTACT, 1)
+
+
 def test_a_refused_condition_means_the_checkpoint_is_stale(client):
     with Stubber(client) as stub:
-        stub.add_client_error("put_item", service_error_code="ConditionalCheckFailedException", http_status_code=400)
+        stub.add_client_error("update_item", service_error_code="ConditionalCheckFailedException", http_status_code=400)
         with pytest.raises(StaleCheckpointError):
             DynamoDbCheckpointStore(client, TABLE).put(checkpoint())
 
@@ -163,7 +212,7 @@ def test_a_refused_condition_means_the_checkpoint_is_stale(client):
 def test_other_write_errors_are_checkpoint_errors_but_not_stale(client):
     with Stubber(client) as stub:
         stub.add_client_error(
-            "put_item", service_error_code="ProvisionedThroughputExceededException", http_status_code=400
+            "update_item", service_error_code="ProvisionedThroughputExceededException", http_status_code=400
         )
         with pytest.raises(CheckpointError) as raised:
             DynamoDbCheckpointStore(client, TABLE).put(checkpoint())
