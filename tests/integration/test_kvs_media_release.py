@@ -22,9 +22,10 @@ IDLE_TIMEOUT_S = 30.0
 
 
 @pytest.fixture
-def stack():
+def stack(monkeypatch):
     with LocalStack(StackSettings(kvs_pool_size=1, kvs_idle_timeout_s=IDLE_TIMEOUT_S)) as local:
-        local.apply_environment()
+        for name, value in local.aws_environment().items():
+            monkeypatch.setenv(name, value)
         yield local
 
 

@@ -119,6 +119,8 @@ def make_client(name: str):
 @pytest.fixture(autouse=True)
 def environment(monkeypatch):
     monkeypatch.setenv("CONTACT_EVENTS_STREAM", STREAM)
+    # Handlers given no checkpoint store mark nothing ended.
+    monkeypatch.delenv("CHECKPOINT_TABLE", raising=False)
     monkeypatch.setenv("CONNECTOR_QUEUE_URL", QUEUE_URL)
     monkeypatch.setattr(handler_module, "time", types.SimpleNamespace(time=lambda: NOW_S))
     # Never fall back to module-level clients built from the machine's configuration.
