@@ -15,8 +15,10 @@ descended into rather than buffered; only leaf elements that carry something rep
 (a block, a tag string, a track name, ...) are buffered whole, and those are limited by
 ``max_element_size``; anything else (Void, CRC-32, CodecPrivate, unknown IDs) is skipped
 by discarding its bytes as they arrive. Buffered bytes are never re-parsed: a partial
-element header (at most 12 bytes) is the only thing looked at again when more arrives,
-and the chunks of a leaf that is still arriving are joined once, when it is complete.
+element header (at most 12 bytes), or the start of a repeated master held back until
+it is whole (at most 2 KiB, compared with its template, not parsed, below), is the
+only thing looked at again when more arrives, and the chunks of a leaf that is still
+arriving are joined once, when it is complete.
 
 Which elements are descended into or read depends on the parent, and is written down as
 data in ``_CHILD_MASTERS`` / ``_CHILD_LEAVES`` / ``_ENDED_BY``.
@@ -27,17 +29,21 @@ so what a parse costs is Python's work per element and per chunk, not per byte.
 per element header, reloads what it knows of the innermost open master only when a
 master starts or ends, and sees a master end by comparing the position with one number.
 Inside a Cluster, :meth:`MkvStreamParser._read_blocks` reads SimpleBlocks laid out as
-KVS writes them with one ``struct`` call each. And KVS repeats the EBML header, Info and
-Tracks byte for byte in every fragment, as Connect does with its per-contact Tags: when
-such a master is whole in the buffer, its events are looked up by its bytes instead of
-being parsed again (``_MEMOIZED_MASTERS``).
+KVS writes them with one ``struct`` call each, and completes a block cut by a chunk
+with one join of its payload, not of the chunk. And KVS repeats the EBML header, Info
+and Tracks byte for byte in every fragment, as Connect does with its per-contact Tags:
+when such a master is whole in the buffer, its events are looked up by its bytes
+instead of being parsed again (``_MEMOIZED_MASTERS``). Where only values change (the
+fragment number and timestamp tags), a template of the master (``_Template``) gives
+its structure, and only the values are read. A master that a chunk cuts before its
+first event is kept until it is whole, to be looked up then: that delays no event.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 from pipeline.mkv import ebml
 from pipeline.mkv.events import (
@@ -105,15 +111,43 @@ _NO_CHILD_ACTIONS: Final[Mapping[int, int]] = {}
 #: Cluster's leaves (Timecode, SimpleBlock) are reported as soon as they are read.
 _COLLECTS_CHILDREN: Final = frozenset(_CHILD_LEAVES) - {ebml.CLUSTER}
 
-#: Masters whose events depend on nothing but their own bytes, and that KVS repeats
-#: byte for byte from fragment to fragment. Only a master already whole in the buffer is
-#: looked up, so no input is held back for this. The memo keeps the events of at most
-#: ``_MEMO_CAPACITY`` masters of at most ``_MEMO_MAX_ELEMENT_BYTES`` each (KVS's are a
-#: few hundred bytes), dropping the least recently used: more entries than the masters
-#: one fragment repeats (9 in a Connect stream), and a fixed bound whatever the input.
+#: Masters whose events depend on nothing but their own bytes, and that KVS repeats from
+#: fragment to fragment, byte for byte or with other values. Only a master whole in the
+#: buffer is looked up; one that a chunk cuts is held back only where that delays no
+#: event (:meth:`MkvStreamParser._holds_for_template`). The memo keeps the events of at
+#: most ``_MEMO_CAPACITY`` masters of at most ``_MEMO_MAX_ELEMENT_BYTES`` each (KVS's
+#: are a few hundred bytes), and as many templates (``_Template``), dropping the least
+#: recently used: more entries than the masters one fragment repeats (10 in a Connect
+#: stream with KVS's tags), and a fixed bound whatever the input.
 _MEMOIZED_MASTERS: Final = frozenset({ebml.EBML_HEADER, ebml.INFO, ebml.TRACKS, ebml.TAGS})
 _MEMO_MAX_ELEMENT_BYTES: Final = 2048
 _MEMO_CAPACITY: Final = 16
+
+
+class _TagValueHole:
+    """In a template's events, a Tag whose value is the string at ``start:end`` of the
+    master (offsets from its first byte)."""
+
+    __slots__ = ("name", "start", "end")
+
+    def __init__(self, name: str, start: int, end: int) -> None:
+        self.name = name
+        self.start = start
+        self.end = end
+
+
+#: What a memoized master's events are when only some bytes of it change from fragment
+#: to fragment, as KVS's fragment number and timestamp tags do (and a writer's
+#: SegmentUID): (fixed_parts, events, first_event_end). A master of the same ID and
+#: length whose bytes at each ``(offset, part)`` of ``fixed_parts`` are ``part`` has the
+#: same element headers, hence the same structure, and differs only in the bodies
+#: between the parts: leaves the parser skips unread, and the last TagString of each
+#: SimpleTag, whose Tag is a :class:`_TagValueHole` in ``events``. ``first_event_end``
+#: is the offset of the byte after the one that completes its first event (its length
+#: if it has none).
+_Template: TypeAlias = tuple[
+    tuple[tuple[int, bytes], ...], tuple["MkvEvent | _TagValueHole", ...], int
+]
 
 #: The limit of an element with no known end around it: beyond any offset, since sizes
 #: are below 2**56, so that reaching the limit is one comparison with no None check.
@@ -150,8 +184,13 @@ _TOP_LEVEL: Final[_OpenMaster] = (
 #: (element_id, start, size). The unparsed bytes are the start of its body.
 _PendingLeaf: TypeAlias = tuple[int, int, int]
 #: The same for a SimpleBlock taken by the fast path, whose frame is decoded but for the
-#: payload: (start, size, track_number, timecode, keyframe).
-_AwaitedBlock: TypeAlias = tuple[int, int, int, int, bool]
+#: payload: (start, end, track_number, timecode, keyframe, cluster_timecode,
+#: cluster_end, payload_start), ``end`` and ``cluster_end`` stream offsets too (the
+#: Cluster's limit), ``payload_start`` the part of the payload in the chunk that
+#: started it. The unparsed bytes are the rest received since. It holds what reading
+#: the next block needs, so that completing a block, once per chunk in a call, reads
+#: nothing else of the parser's state.
+_AwaitedBlock: TypeAlias = tuple[int, int, int, int, bool, int, int, bytes]
 
 #: ``_ID_LENGTHS[first_byte]``: length of an element ID, 0 if it would exceed Matroska's
 #: EBMLMaxIDLength (or the byte is zero).
@@ -163,6 +202,9 @@ _EIGHT_BYTE_VALUE_MASK: Final = ebml.VALUE_MASKS[8]
 _read_u16_at: Final = struct.Struct(">H").unpack_from
 _read_u32_at: Final = struct.Struct(">I").unpack_from
 _read_u64_at: Final = struct.Struct(">Q").unpack_from
+#: Builds a :class:`Frame` from a tuple of its fields without the named tuple's own
+#: ``__new__``, a Python function that would double the cost of the fast path's frames.
+_new_frame: Final = tuple.__new__
 
 #: A SimpleBlock as KVS writes it: ID 0xA3, an 8-byte size, then the block header with
 #: a one-byte track number vint, a signed 16-bit relative timecode and the flags.
@@ -172,6 +214,8 @@ _SHORT_BLOCK_HEADER_BYTES: Final = 4
 _KVS_BLOCK_HEADER_BYTES: Final = _KVS_ELEMENT_HEADER_BYTES + _SHORT_BLOCK_HEADER_BYTES
 #: An 8-byte size vint read as an integer is its value plus this length marker.
 _EIGHT_BYTE_SIZE_MARKER: Final = 1 << 56
+#: The first byte of an 8-byte size vint: its length marker alone.
+_EIGHT_BYTE_SIZE_FIRST_BYTE: Final = 0x01
 _ONE_BYTE_VINT_MARKER: Final = 0x80
 #: What :meth:`MkvStreamParser._read_blocks` returns when it stopped at a block whose
 #: body has not all arrived (not a position: positions are never negative).
@@ -222,13 +266,17 @@ class MkvStreamParser:
         # a large leaf arriving in small chunks is copied once, not once per chunk.
         self._unparsed: list[bytes] = []
         self._bytes_needed = 0  # to complete the pending leaf; 0 when any byte may help
-        self._buffer_position = 0  # stream offset of the first unparsed byte
+        # Stream offset of the first unparsed byte, but while a block is awaited: its
+        # end tells then, so that awaiting one, once per chunk in a call, costs no store.
+        self._buffer_position = 0
         self._open: list[_OpenMaster] = [_TOP_LEVEL]
         self._pending_leaf: _PendingLeaf | None = None
         self._awaited_block: _AwaitedBlock | None = None
+        self._block_header_kept = False  # the unparsed bytes start a block header
         self._skip_remaining = 0
         self._cluster_timecode: int | None = None
         self._memo: dict[bytes, tuple[MkvEvent, ...]] = {}
+        self._templates: dict[tuple[int, int], _Template] = {}  # by (element ID, length)
         self._events: list[MkvEvent] = []
         self._error: MkvError | None = None
         self._closed = False
@@ -244,20 +292,29 @@ class MkvStreamParser:
             # not change under the parser.
             data = bytes(memoryview(data))
         unparsed = self._unparsed
-        if len(data) < self._bytes_needed:
+        bytes_needed = self._bytes_needed
+        if len(data) < bytes_needed:
             unparsed.append(data)
-            self._bytes_needed -= len(data)
+            self._bytes_needed = bytes_needed - len(data)
             return []
-        if unparsed:
-            unparsed.append(data)
-            data = b"".join(unparsed)
-            unparsed.clear()
         try:
-            position = 0
             if self._awaited_block is not None:
-                position = self._read_blocks(data, 0)
-            if position != _AWAITING_BLOCK:
-                self._parse(data, position)
+                # The rest of the awaited block is data[:bytes_needed]: only its payload
+                # is joined, and what follows is parsed in place.
+                position = self._read_blocks(data, bytes_needed)
+                if position != _AWAITING_BLOCK:
+                    self._parse(data, position)
+            else:
+                if unparsed:
+                    unparsed.append(data)
+                    data = b"".join(unparsed)
+                    unparsed.clear()
+                position = 0
+                if self._block_header_kept:
+                    self._block_header_kept = False
+                    position = self._read_blocks(data, 0)
+                if position != _AWAITING_BLOCK:
+                    self._parse(data, position)
         except MkvError as error:
             self._error = error
             raise
@@ -274,6 +331,12 @@ class MkvStreamParser:
             return []
         self._closed = True
         try:
+            if self._unparsed and self._pending_leaf is None and self._awaited_block is None:
+                # A partial element header, or the start of a master held back for its
+                # template: parsed now, so that the error says what the input ends in.
+                held = b"".join(self._unparsed)
+                self._unparsed.clear()
+                self._parse(held, 0)
             self._check_complete()
             while len(self._open) > 1:
                 self._end_master(self._open.pop())
@@ -287,14 +350,17 @@ class MkvStreamParser:
     def _check_complete(self) -> None:
         position = self._buffer_position
         pending_leaf = self._pending_leaf
+        received = sum(map(len, self._unparsed))
         if self._awaited_block is not None:
-            start, size, *_ = self._awaited_block
+            start, end, *_ = self._awaited_block
+            size = end - start - _KVS_ELEMENT_HEADER_BYTES
             pending_leaf = (ebml.SIMPLE_BLOCK, start, size)
+            received = size - self._bytes_needed
         if pending_leaf is not None:
             element_id, start, size = pending_leaf
             raise MkvError(
                 f"input ends inside {ebml.describe(element_id)}: "
-                f"{size} body bytes expected, {sum(map(len, self._unparsed))} received",
+                f"{size} body bytes expected, {received} received",
                 start,
             )
         if self._skip_remaining:
@@ -338,11 +404,11 @@ class MkvStreamParser:
         # a pending leaf or skip left by the previous call has its body at index 0.
         action: int | None = None
         element_id = element_start = body_start = body_end = 0
+        self._bytes_needed = 0
         if self._pending_leaf is not None:
             element_id, element_start, body_end = self._pending_leaf
             action = _READ
             self._pending_leaf = None
-            self._bytes_needed = 0
         elif self._skip_remaining:
             action, body_end = _SKIP, self._skip_remaining
             self._skip_remaining = 0
@@ -428,19 +494,25 @@ class MkvStreamParser:
                 if action == _DESCEND:
                     action = None
                     memo_recording = None
-                    if (
-                        element_id in _MEMOIZED_MASTERS
-                        and body_end <= available
-                        and size <= _MEMO_MAX_ELEMENT_BYTES
-                    ):
-                        element_bytes = buffer[header_start:body_end]
-                        memoized_events = self._memo.pop(element_bytes, None)
-                        if memoized_events is not None:
-                            self._memo[element_bytes] = memoized_events  # now the newest
-                            events += memoized_events
-                            position = body_end
-                            continue
-                        memo_recording = (element_bytes, len(events))
+                    if element_id in _MEMOIZED_MASTERS and size <= _MEMO_MAX_ELEMENT_BYTES:
+                        if body_end > available:
+                            if self._holds_for_template(
+                                buffer, header_start, available, element_id, body_end
+                            ):
+                                position = header_start
+                                break
+                        else:
+                            element_bytes = buffer[header_start:body_end]
+                            memoized_events = self._memo.pop(element_bytes, None)
+                            if memoized_events is not None:
+                                self._memo[element_bytes] = memoized_events  # now the newest
+                                events += memoized_events
+                                position = body_end
+                                continue
+                            if self._replay_template(buffer, header_start, body_end, element_id):
+                                position = body_end
+                                continue
+                            memo_recording = (element_bytes, len(events))
                     if element_id == ebml.CLUSTER:
                         # Reset at the start only: a block is read inside a Cluster, so
                         # no block can see the previous Cluster's timecode.
@@ -511,41 +583,68 @@ class MkvStreamParser:
         another from ``position`` in the Cluster open at the top of the stack, as long
         as they are laid out as KVS writes them (one-byte ID, 8-byte size, one-byte
         track number, no lacing), and return the position of the first element left to
-        :meth:`_parse`. The awaited block, if any, is completed first: its body is at
-        index 0.
+        :meth:`_parse`. The awaited block, if any, is completed first: the rest of its
+        payload is ``buffer[:position]``.
 
         Each block takes one struct call and none of the general path's bookkeeping,
         which is safe because a SimpleBlock in a Cluster is a leaf that neither opens a
         master nor ends an unknown-size one, and none is read past the Cluster's end, so
         the stack of open masters stays as it is. Whatever does not fit - another
         element, another size length, lacing, a block too big or running past the
-        Cluster, an incomplete header - is left where it starts for the general path,
-        which reads it, and raises the same errors, as it always did. A block whose body
-        has not all arrived becomes the awaited block; then the rest of the buffer is
-        kept and :data:`_AWAITING_BLOCK` returned.
+        Cluster - is left where it starts for the general path, which reads it, and
+        raises the same errors, as it always did. A block whose body has not all arrived
+        becomes the awaited block; then the received part of its payload is kept and
+        :data:`_AWAITING_BLOCK` returned. So is the start of a block header that the
+        chunk cuts, which the general path would also keep, or take as a pending leaf
+        and report no sooner: kept, it comes back here with the next chunk.
         """
-        available = len(buffer)
-        buffer_position = self._buffer_position
-        cluster_limit = self._open[-1][3] - buffer_position
         events = self._events
-        if self._awaited_block is not None:
-            _, size, track_number, timecode, keyframe = self._awaited_block
-            self._awaited_block = None
-            self._bytes_needed = 0
-            events.append(
-                Frame(track_number, timecode, buffer[_SHORT_BLOCK_HEADER_BYTES:size], keyframe)
-            )
-            position = size
-        cluster_timecode = self._cluster_timecode
-        assert cluster_timecode is not None
+        awaited_block = self._awaited_block
+        if awaited_block is None:
+            buffer_position = self._buffer_position
+            cluster_timecode = self._cluster_timecode
+            assert cluster_timecode is not None
+            cluster_end = self._open[-1][3]
+        else:
+            (
+                _,
+                block_end,
+                track_number,
+                timecode,
+                keyframe,
+                cluster_timecode,
+                cluster_end,
+                payload_start,
+            ) = awaited_block
+            unparsed = self._unparsed
+            if unparsed:
+                unparsed.insert(0, payload_start)
+                unparsed.append(buffer[:position])
+                payload = b"".join(unparsed)
+                unparsed.clear()
+            else:
+                payload = payload_start + buffer[:position]
+            events.append(_new_frame(Frame, (track_number, timecode, payload, keyframe)))
+            buffer_position = block_end - position
+        available = len(buffer)
+        cluster_limit = cluster_end - buffer_position
         max_block_size = self._max_fast_block_size
-        while position + _KVS_BLOCK_HEADER_BYTES <= available:
+        while True:
+            if position + _KVS_BLOCK_HEADER_BYTES > available:
+                if position < available and self._keeps_cut_block_header(
+                    buffer, position, max_block_size, cluster_limit
+                ):
+                    self._awaited_block = None
+                    self._bytes_needed = position + _KVS_BLOCK_HEADER_BYTES - available
+                    self._buffer_position = buffer_position + position
+                    return _AWAITING_BLOCK
+                break
             element_id, size_field, track_vint, relative_timecode, flags = (
                 _read_kvs_block_header_at(buffer, position)
             )
             size = size_field - _EIGHT_BYTE_SIZE_MARKER
-            body_start = position + _KVS_ELEMENT_HEADER_BYTES
-            body_end = body_start + size
+            payload_start = position + _KVS_BLOCK_HEADER_BYTES
+            body_end = position + _KVS_ELEMENT_HEADER_BYTES + size
             if not (
                 element_id == ebml.SIMPLE_BLOCK
                 and _SHORT_BLOCK_HEADER_BYTES <= size <= max_block_size
@@ -557,25 +656,59 @@ class MkvStreamParser:
             if body_end > available:
                 self._awaited_block = (
                     buffer_position + position,
-                    size,
+                    buffer_position + body_end,
                     track_vint & _ONE_BYTE_VALUE_MASK,
                     cluster_timecode + relative_timecode,
                     flags & _KEYFRAME_FLAG != 0,
+                    cluster_timecode,
+                    cluster_end,
+                    buffer[payload_start:],
                 )
                 self._bytes_needed = body_end - available
-                self._unparsed.append(buffer[body_start:])
-                self._buffer_position = buffer_position + body_start
                 return _AWAITING_BLOCK
             events.append(
-                Frame(
-                    track_vint & _ONE_BYTE_VALUE_MASK,
-                    cluster_timecode + relative_timecode,
-                    buffer[body_start + _SHORT_BLOCK_HEADER_BYTES : body_end],
-                    flags & _KEYFRAME_FLAG != 0,
+                _new_frame(
+                    Frame,
+                    (
+                        track_vint & _ONE_BYTE_VALUE_MASK,
+                        cluster_timecode + relative_timecode,
+                        buffer[payload_start:body_end],
+                        flags & _KEYFRAME_FLAG != 0,
+                    ),
                 )
             )
             position = body_end
+        self._awaited_block = None
+        self._bytes_needed = 0
+        self._buffer_position = buffer_position
         return position
+
+    def _keeps_cut_block_header(
+        self, buffer: bytes, position: int, max_block_size: int, cluster_limit: int
+    ) -> bool:
+        """Whether the rest of ``buffer`` from ``position``, shorter than a block header,
+        starts a SimpleBlock the fast path may take, and is now kept unparsed for it."""
+        if buffer[position] != ebml.SIMPLE_BLOCK:
+            return False
+        if position + _KVS_ELEMENT_HEADER_BYTES > len(buffer):
+            # The general path would keep this partial element header too.
+            keeps = (
+                position + 1 == len(buffer)
+                or buffer[position + 1] == _EIGHT_BYTE_SIZE_FIRST_BYTE
+            )
+        else:
+            # The general path would take this as a SimpleBlock whose body has not all
+            # arrived, with the same checks as here.
+            size = _read_u64_at(buffer, position + 1)[0] - _EIGHT_BYTE_SIZE_MARKER
+            body_end = position + _KVS_ELEMENT_HEADER_BYTES + size
+            keeps = (
+                _SHORT_BLOCK_HEADER_BYTES <= size <= max_block_size
+                and body_end <= cluster_limit
+            )
+        if keeps:
+            self._unparsed.append(buffer[position:])
+            self._block_header_kept = True
+        return keeps
 
     def _read_cluster_leaf(self, element_id: int, start: int, body: bytes) -> None:
         """A Cluster's Timecode, or a SimpleBlock the fast path left to the general one."""
@@ -668,10 +801,60 @@ class MkvStreamParser:
             self._events.append(Tag(_read_string(children.get(ebml.TAG_NAME, b"")), value))
         if memo_recording is not None:
             element_bytes, first_event = memo_recording
-            memo = self._memo
-            if len(memo) >= _MEMO_CAPACITY:
-                del memo[next(iter(memo))]  # the least recently used
-            memo[element_bytes] = tuple(self._events[first_event:])
+            master_events = tuple(self._events[first_event:])
+            _remember(self._memo, element_bytes, master_events)
+            _remember(
+                self._templates,
+                (element_id, len(element_bytes)),
+                _template_of(element_bytes, master_events),
+            )
+
+    def _holds_for_template(
+        self, buffer: bytes, start: int, available: int, element_id: int, end: int
+    ) -> bool:
+        """Whether to keep the part of a memoized master received so far unparsed until
+        more arrives, so that it may be looked up once whole, which it may as long as
+        that delays no event: as long as the part received fits the master's template
+        and ends before the first event that the template reports. An event depends only
+        on the bytes before its own end, so one that a part fitting the template
+        completes would be in the template, at the same place. On return True,
+        ``_bytes_needed`` is how many more bytes may arrive before the first event.
+        """
+        template = self._templates.get((element_id, end - start))
+        if template is None or self._closed:
+            return False
+        fixed_parts, _, first_event_end = template
+        received = available - start
+        if received >= first_event_end:
+            return False
+        for offset, part in fixed_parts:
+            if offset >= received:
+                break
+            if not buffer.startswith(part[: received - offset], start + offset):
+                return False
+        self._bytes_needed = first_event_end - received
+        return True
+
+    def _replay_template(self, buffer: bytes, start: int, end: int, element_id: int) -> bool:
+        """Report the events of the memoized master at ``buffer[start:end]`` from its
+        template, if it has one that its bytes fit; else return False."""
+        key = (element_id, end - start)
+        template = self._templates.pop(key, None)
+        if template is None:
+            return False
+        self._templates[key] = template  # now the newest
+        fixed_parts, template_events, _ = template
+        for offset, part in fixed_parts:
+            if not buffer.startswith(part, start + offset):
+                return False
+        events = self._events
+        for event in template_events:
+            if event.__class__ is _TagValueHole:
+                value = buffer[start + event.start : start + event.end]
+                events.append(Tag(event.name, _read_string(value)))
+            else:
+                events.append(event)
+        return True
 
     def _emit_frames(self, block_start: int, block: bytes, *, keyframe: bool | None) -> None:
         """Report a SimpleBlock (``keyframe`` None: read from its flags) or a Block."""
@@ -684,6 +867,84 @@ class MkvStreamParser:
         self._events.extend(
             Frame(track_number, timecode, payload, keyframe) for payload in payloads
         )
+
+
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
+
+
+def _remember(memo: dict[_Key, _Value], key: _Key, value: _Value) -> None:
+    """Add to a memo kept in least recently used order, keeping at most
+    ``_MEMO_CAPACITY`` entries."""
+    if len(memo) >= _MEMO_CAPACITY:
+        del memo[next(iter(memo))]
+    memo[key] = value
+
+
+def _template_of(master: bytes, master_events: tuple[MkvEvent, ...]) -> _Template:
+    """The template of a memoized master (header included) whose parse reported
+    ``master_events``. It walks the element headers as :meth:`MkvStreamParser._parse`
+    read them, without error, so every ID and size is valid and fits."""
+    holes: list[tuple[int, int]] = []
+    first_event_end: int | None = None
+    # Where the value of each SimpleTag's Tag is, in the order the Tags were reported:
+    # that of the SimpleTags' ends (an inner one before the one around it).
+    tag_values: list[tuple[int, int] | None] = []
+    element_id, position, end = _element_at(master, 0)
+    # The open masters as (element_id, end, where its last TagString so far is).
+    open_masters: list[tuple[int, int, tuple[int, int] | None]] = [(element_id, end, None)]
+    while open_masters:
+        parent_id, parent_end, last_tag_string = open_masters[-1]
+        if position == parent_end:
+            open_masters.pop()
+            if first_event_end is None and parent_id in _COLLECTS_CHILDREN:
+                first_event_end = parent_end
+            if parent_id == ebml.SIMPLE_TAG:
+                tag_values.append(last_tag_string)
+                if last_tag_string is not None:
+                    holes.append(last_tag_string)
+            continue
+        element_id, body_start, body_end = _element_at(master, position)
+        action = _CHILD_ACTIONS.get(parent_id, _NO_CHILD_ACTIONS).get(element_id, _SKIP)
+        if action == _DESCEND:
+            open_masters.append((element_id, body_end, None))
+            position = body_start
+            continue
+        if action == _SKIP:
+            holes.append((body_start, body_end))
+        elif element_id == ebml.TAG_STRING:
+            open_masters[-1] = (parent_id, parent_end, (body_start, body_end))
+        position = body_end
+
+    fixed_parts = []
+    fixed_start = 0
+    for hole_start, hole_end in sorted(holes):
+        if hole_start > fixed_start:
+            fixed_parts.append((fixed_start, master[fixed_start:hole_start]))
+        fixed_start = hole_end
+    if fixed_start < len(master):
+        fixed_parts.append((fixed_start, master[fixed_start:]))
+
+    template_events: list[MkvEvent | _TagValueHole] = []
+    values = iter(tag_values)
+    for event in master_events:
+        if event.__class__ is Tag:
+            value = next(values)
+            if value is not None:
+                event = _TagValueHole(event.name, *value)
+        template_events.append(event)
+    if first_event_end is None:
+        first_event_end = len(master)
+    return tuple(fixed_parts), tuple(template_events), first_event_end
+
+
+def _element_at(data: bytes, position: int) -> tuple[int, int, int]:
+    """(element_id, body_start, body_end) of the valid, known-size element at ``position``."""
+    size_position = position + _ID_LENGTHS[data[position]]
+    body_start = size_position + ebml.VINT_LENGTHS[data[size_position]]
+    size_mask = ebml.VALUE_MASKS[body_start - size_position]
+    size = int.from_bytes(data[size_position:body_start], "big") & size_mask
+    return int.from_bytes(data[position:size_position], "big"), body_start, body_start + size
 
 
 def _read_uint(body: bytes, offset: int) -> int:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
@@ -29,6 +30,7 @@ from pipeline.mkv import (
     Tag,
     TrackEntry,
 )
+from pipeline.mkv import parser as parser_module
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kvs"
 
@@ -40,7 +42,7 @@ CLUSTER, TIMECODE, SIMPLE_BLOCK = 0x1F43B675, 0xE7, 0xA3
 BLOCK_GROUP, BLOCK, REFERENCE_BLOCK, BLOCK_DURATION = 0xA0, 0xA1, 0xFB, 0x9B
 TAGS, TAG, TARGETS, SIMPLE_TAG = 0x1254C367, 0x7373, 0x63C0, 0x67C8
 TAG_NAME, TAG_STRING, TAG_BINARY = 0x45A3, 0x4487, 0x4485
-VOID, CRC32, CUES = 0xEC, 0xBF, 0x1C53BB6B
+VOID, CRC32, CUES, SEGMENT_UID = 0xEC, 0xBF, 0x1C53BB6B, 0x73A4
 UNKNOWN_ID = 0x4FFF  # not a Matroska element
 
 # The first bytes of another fragment's EBML header (ID + start of an 8-byte size).
@@ -529,6 +531,125 @@ def test_nested_simple_tags_each_give_a_tag() -> None:
     outer = simple_tag(element(TAG_NAME, b"outer"), element(TAG_STRING, b"2"), inner)
     stream = ebml_header() + segment(element(TAGS, element(TAG, outer)))
     assert parse_three_ways(stream)[1:] == [Tag("inner", "1"), Tag("outer", "2")]
+
+
+# --- Masters repeated from fragment to fragment --------------------------------------
+# KVS repeats the EBML header, Info, Tracks and Tags in every fragment, some with values
+# that change (fragment numbers, timestamps). The parser looks such masters up rather
+# than parsing them again, and may hold one back until it is whole; these tests hold it
+# to the events, and the feed they come in, of a parse that does neither.
+
+
+def repeated_fragment(
+    number: int, *, tag_name: bytes = b"FragmentNumber", unused: bytes = b"unused"
+) -> bytes:
+    """A fragment whose Info and first Tags change with ``number`` but keep their sizes:
+    a skipped SegmentUID, a tag value, a SimpleTag with two TagStrings (the last
+    counts) and nested SimpleTags."""
+    digits = b"%08d" % number
+    fragment_tags = element(
+        TAGS,
+        element(
+            TAG,
+            simple_tag(element(TAG_NAME, tag_name), element(TAG_STRING, digits)),
+            simple_tag(
+                element(TAG_NAME, b"Twice"),
+                element(TAG_STRING, unused),
+                element(TAG_STRING, digits),
+            ),
+            simple_tag(
+                element(TAG_NAME, b"Outer"),
+                element(TAG_STRING, digits[::-1]),
+                simple_tag(element(TAG_NAME, b"Inner"), element(TAG_STRING, digits)),
+            ),
+        ),
+    )
+    scale = element(TIMECODE_SCALE, (1_000_000).to_bytes(3, "big"))
+    return ebml_header() + segment(
+        element(INFO, scale, element(TITLE, b"t"), element(SEGMENT_UID, digits)),
+        element(
+            TRACKS,
+            track_entry(1, b"AUDIO_FROM_CUSTOMER", b"A_AAC"),
+            track_entry(2, b"AUDIO_TO_CUSTOMER", b"A_AAC"),
+        ),
+        fragment_tags,
+        cluster(number, simple_block(1, 0, digits), simple_block(2, 0, digits)),
+        tags((b"ContactId", b"c-1")),
+        tags((b"Events", digits)),
+    )
+
+
+def parse_without_memo(chunks: Iterable[bytes]) -> list[MkvEvent]:
+    with patch.object(parser_module, "_MEMOIZED_MASTERS", frozenset()):
+        return parse_chunks(chunks)
+
+
+def test_repeated_masters_give_the_events_of_a_parse_without_memo() -> None:
+    stream = b"".join(
+        [
+            *(repeated_fragment(number) for number in (1, 2, 3)),
+            # The same sizes, another name: not the template's bytes.
+            repeated_fragment(4, tag_name=b"FragmentNumbeR"),
+            repeated_fragment(5),
+        ]
+    )
+    events = parse_three_ways(stream)
+    assert events == parse_without_memo([stream])
+    assert tag_values(events, "FragmentNumber") == ["00000001", "00000002", "00000003", "00000005"]
+    assert tag_values(events, "FragmentNumbeR") == ["00000004"]
+    assert tag_values(events, "Twice") == [f"{n:08d}" for n in range(1, 6)]
+    assert tag_values(events, "Outer") == [f"{n:08d}"[::-1] for n in range(1, 6)]
+    assert tag_values(events, "Inner") == [f"{n:08d}" for n in range(1, 6)]
+    assert [e for e in events if isinstance(e, SegmentInfo)] == 5 * [SegmentInfo(1_000_000, "t")]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        repeated_fragment(2),
+        # The first Tags has the same size, but its first Tag ends 6 bytes earlier.
+        repeated_fragment(2, tag_name=b"Fragment", unused=b"unused......"),
+    ],
+    ids=["same layout", "other layout"],
+)
+def test_a_repeated_master_cut_by_a_chunk_delays_no_event(second: bytes) -> None:
+    first = repeated_fragment(1)
+    assert len(second) == len(first)
+    # The events each byte of ``second`` completes, without memo.
+    with patch.object(parser_module, "_MEMOIZED_MASTERS", frozenset()):
+        reference = MkvStreamParser()
+        completed_by = [reference.feed(second[i : i + 1]) for i in range(len(second))]
+    for cut in range(len(second) + 1):
+        parser = MkvStreamParser()
+        parser.feed(first)
+        assert parser.feed(second[:cut]) == [e for events in completed_by[:cut] for e in events]
+        assert parser.feed(second[cut:]) == [e for events in completed_by[cut:] for e in events]
+
+
+def test_input_ending_in_a_held_master_names_what_it_ends_in() -> None:
+    first, second = repeated_fragment(1), repeated_fragment(2)
+    for cut in range(len(second)):
+        truncated = [first, second[:cut]]
+        expected = outcome(lambda: parse_without_memo(truncated))
+        assert outcome(lambda: parse_chunks(truncated)) == expected
+
+
+def outcome(parse: Callable[[], list[MkvEvent]]) -> list[MkvEvent] | str:
+    try:
+        return parse()
+    except MkvError as error:
+        return str(error)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_corrupted_repeated_fragments_parse_as_without_memo(data: st.DataObject) -> None:
+    stream = bytearray(b"".join(repeated_fragment(number) for number in (1, 2, 3)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        stream[data.draw(st.integers(0, len(stream) - 1))] = data.draw(st.integers(0, 255))
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=40))
+    chunks = split_at(bytes(stream), cuts)
+    assert outcome(lambda: parse_chunks(chunks)) == outcome(lambda: parse_without_memo(chunks))
 
 
 # --- Lacing ---------------------------------------------------------------------------
