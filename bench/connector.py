@@ -1,16 +1,18 @@
 """Benchmark: one KVS connector worker process under N concurrent live Connect contacts.
 
-    python -m bench.connector [--contacts 50,100,200,300] [--seconds 20]
+    python -m bench.connector [--contacts 50,100,200,300] [--seconds 20] [--start-spread-seconds 1]
 
 For each N the local stack's parts run in processes of their own, so that each one's CPU
-can be read from ``/proc``: moto (SQS, Kinesis, DynamoDB, the KVS control plane), the KVS
-media emulator, and one connector worker (``ConnectorWorker`` with a
+can be read from ``/proc``: moto three times (Kinesis; SQS and the KVS control plane;
+DynamoDB), the KVS media emulator, and one connector worker (``ConnectorWorker`` with a
 ``KinesisRecordProducer``, wired as ``cresta-pipeline connector run`` wires them, with the
 checkpoint table). This process is the load generator: N contacts, each on a KVS stream of
 its own, each writing one pre-built 1 s Connect fragment per second in real time
 (``write_connect_fragment``: two 8 kHz PCM16 tracks, 32 blocks), their phases spread
-evenly over the second, posted by a few threads. As in Connect, a contact's work item goes
-to the queue right after its first fragment is written.
+evenly over the second, posted by a few threads, each contact on a connection of its own.
+All contacts start in the first second, or spread over ``--start-spread-seconds``. As in
+Connect, a contact's work item goes to the queue right after its first fragment is
+written. The KVS emulator sends each fragment whole as it arrives (``random_chunks=False``).
 
 Measured per frame: the fragment's write time (when its PutMedia answered PERSISTED) →
 the ``ApproximateArrivalTimestamp`` of the frame's record on the audio-frames stream,
@@ -34,6 +36,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import random
 import sys
 import tempfile
@@ -49,7 +52,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import boto3
+from botocore.config import Config
 from moto.server import ThreadedMotoServer
+from moto.sqs.models import Message, SQSBackend
 
 from connectors.kinesis.producer import KinesisRecordProducer
 from connectors.kinesis.reader import read_all_records
@@ -76,14 +81,34 @@ BYTES_PER_SAMPLE: Final = 2
 #: after the same silence here, so the run does not wait the production 10 s.
 MAX_IDLE_S: Final = 3.0
 WRITER_THREADS: Final = 8
+ENQUEUER_THREADS: Final = 4
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+#: One moto process per group of services, named as in the CPU columns, so that they do
+#: not share a GIL, as AWS's services share nothing: moto takes ~7 ms of CPU per
+#: conditional UpdateItem, and the checkpoints of contacts that started together, due
+#: together, held up PutRecords (the measured path) and the work queue in one process.
+MOTO_SERVICES: Final = {
+    "moto Kinesis": ("kinesis",),
+    "moto SQS": ("sqs", "kinesisvideo"),
+    "moto DynamoDB": ("dynamodb",),
+}
 
 
 # -- the stack's processes ------------------------------------------------------------------
 
 
+def _retention_check_reading_one_attribute(backend: SQSBackend, queue_name: str, message: Message) -> bool:
+    retention_s = int(backend.get_queue(queue_name).message_retention_period)
+    return message.sent_timestamp / 1000 + retention_s > time.time()
+
+
 def _serve_moto(conn: Connection) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # moto checks each message it returns against the queue's retention period by
+    # computing every queue attribute, message counts included: with 300 work items in
+    # flight a ReceiveMessage of 10 took 0.14 s, and 300 contacts starting together
+    # reached the worker over 6 s. The same check, reading the one attribute.
+    SQSBackend.is_message_valid_based_on_retention_period = _retention_check_reading_one_attribute
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -93,14 +118,15 @@ def _serve_moto(conn: Connection) -> None:
 
 
 def _serve_kvs_media(conn: Connection) -> None:
-    with KvsMediaEmulator(idle_timeout_s=MAX_IDLE_S, seed=1) as emulator:
+    with KvsMediaEmulator(idle_timeout_s=MAX_IDLE_S, random_chunks=False) as emulator:
         conn.send(emulator.endpoint_url)
         conn.recv()
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    aws_endpoint: str
+    #: Service name → moto endpoint.
+    endpoints: dict[str, str]
     kvs_media_endpoint: str
     queue_url: str
     max_concurrent_contacts: int
@@ -116,21 +142,26 @@ def _serve_worker(conn: Connection, settings: WorkerSettings) -> None:
     session = boto3.session.Session(
         region_name=REGION, aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY
     )
-    producer = KinesisRecordProducer(
-        session.client("kinesis", endpoint_url=settings.aws_endpoint), FRAMES_STREAM, **settings.producer_options
-    )
+    # Every contact thread may call DynamoDB or GetDataEndpoint at once; with botocore's
+    # default of 10 pooled connections the others open and drop a connection per call.
+    config = Config(max_pool_connections=settings.max_concurrent_contacts)
+
+    def service_client(service: str) -> Any:
+        return session.client(service, endpoint_url=settings.endpoints[service], config=config)
+
+    producer = KinesisRecordProducer(service_client("kinesis"), FRAMES_STREAM, **settings.producer_options)
     worker = ConnectorWorker(
-        session.client("sqs", endpoint_url=settings.aws_endpoint),
+        service_client("sqs"),
         settings.queue_url,
         KvsMediaSource(
-            session.client("kinesisvideo", endpoint_url=settings.aws_endpoint),
+            service_client("kinesisvideo"),
             media_endpoint_override=settings.kvs_media_endpoint,
             session=session,
         ),
         producer,
         max_concurrent_contacts=settings.max_concurrent_contacts,
         checkpoint_store=DynamoDbCheckpointStore(
-            session.client("dynamodb", endpoint_url=settings.aws_endpoint), CHECKPOINT_TABLE
+            service_client("dynamodb"), CHECKPOINT_TABLE
         ),
         read_settings=ReadSettings(max_idle_s=MAX_IDLE_S),
     )
@@ -224,7 +255,9 @@ class FragmentWrite:
     late_s: float
 
 
-def build_contacts(stream_arns: Sequence[str], seconds: int, audio_start_ms: int) -> list[Contact]:
+def build_contacts(
+    stream_arns: Sequence[str], seconds: int, audio_start_ms: int, start_spread_s: float = 1.0
+) -> list[Contact]:
     """Pre-built fragments; the audio is noise, shared between contacts (only cost matters)."""
     rng = random.Random(7)
     fragment_bytes = SAMPLE_RATE * FRAGMENT_MS // 1000 * BYTES_PER_SAMPLE
@@ -234,7 +267,7 @@ def build_contacts(stream_arns: Sequence[str], seconds: int, audio_start_ms: int
     count = len(stream_arns)
     for position, stream_arn in enumerate(stream_arns):
         contact_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        phase_s = FRAGMENT_MS / 1000 * (1 + position / count)
+        phase_s = FRAGMENT_MS / 1000 + start_spread_s * position / count
         start_ms = audio_start_ms + round((phase_s - FRAGMENT_MS / 1000) * 1000)
         fragments = [
             write_connect_fragment(
@@ -251,20 +284,16 @@ def build_contacts(stream_arns: Sequence[str], seconds: int, audio_start_ms: int
     return contacts
 
 
-def put_media(host: str, port: int, stream_arn: str, fragment: bytes) -> str:
+def put_media(connection: http.client.HTTPConnection, stream_arn: str, fragment: bytes) -> str:
     """PutMedia one fragment; the fragment number KVS acknowledged it with."""
-    connection = http.client.HTTPConnection(host, port, timeout=30)
-    try:
-        connection.request(
-            "POST",
-            "/putMedia",
-            body=fragment,
-            headers={"x-amzn-stream-arn": stream_arn, "content-type": "application/octet-stream"},
-        )
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
+    connection.request(
+        "POST",
+        "/putMedia",
+        body=fragment,
+        headers={"x-amzn-stream-arn": stream_arn, "content-type": "application/octet-stream"},
+    )
+    response = connection.getresponse()
+    body = response.read()
     if response.status != 200:
         raise RuntimeError(f"PutMedia answered {response.status}: {body[:200]!r}")
     return str(json.loads(body.splitlines()[0])["FragmentNumber"])
@@ -279,6 +308,16 @@ def write_contacts(
     assert endpoint.hostname is not None and endpoint.port is not None
     writes: list[FragmentWrite] = []
     lock = threading.Lock()
+    # Connect's flow Lambdas enqueue beside the audio and side by side: a writer that
+    # waited for SQS would post audio late, and with 300 messages in the queue one moto
+    # SendMessageBatch takes tens of milliseconds.
+    work_items: queue.SimpleQueue[ContactWork | None] = queue.SimpleQueue()
+    enqueuers = [
+        threading.Thread(target=send_work_items, args=(work_items, sqs, queue_url), name=f"enqueuer-{i}")
+        for i in range(ENQUEUER_THREADS)
+    ]
+    for enqueuer in enqueuers:
+        enqueuer.start()
 
     def run(share: Sequence[Contact]) -> None:
         schedule = sorted(
@@ -286,24 +325,33 @@ def write_contacts(
             for contact in share
             for index in range(len(contact.fragments))
         )
+        # A Connect producer keeps one long-running PutMedia request per stream; a
+        # connection per fragment would cost the emulator a thread and a TCP handshake each.
+        connections = {
+            contact.contact_id: http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=30)
+            for contact in share
+        }
         done = []
         for due, index, contact in schedule:
             delay = due - time.time()
             if delay > 0:
                 time.sleep(delay)
             began = time.time()
-            number = put_media(endpoint.hostname, endpoint.port, contact.stream_arn, contact.fragments[index])
+            number = put_media(connections[contact.contact_id], contact.stream_arn, contact.fragments[index])
             written_at = time.time()
             done.append(FragmentWrite(contact.contact_id, index, number, written_at, began - due))
             if index == 0:
-                work = ContactWork(
-                    contact_id=contact.contact_id,
-                    stream_arn=contact.stream_arn,
-                    start_fragment_number=number,
-                    instance_id=INSTANCE_ID,
-                    start_timestamp_ms=contact.start_timestamp_ms,
+                work_items.put(
+                    ContactWork(
+                        contact_id=contact.contact_id,
+                        stream_arn=contact.stream_arn,
+                        start_fragment_number=number,
+                        instance_id=INSTANCE_ID,
+                        start_timestamp_ms=contact.start_timestamp_ms,
+                    )
                 )
-                sqs.send_message(QueueUrl=queue_url, MessageBody=work.encode())
+        for connection in connections.values():
+            connection.close()
         with lock:
             writes.extend(done)
 
@@ -315,7 +363,29 @@ def write_contacts(
         thread.start()
     for thread in threads:
         thread.join()
+    for _ in enqueuers:
+        work_items.put(None)
+    for enqueuer in enqueuers:
+        enqueuer.join()
     return writes
+
+
+def send_work_items(work_items: queue.SimpleQueue[ContactWork | None], sqs: Any, queue_url: str) -> None:
+    """Send work items as they come, up to 10 per SendMessageBatch (the API's limit), until None."""
+    while True:
+        batch = [work_items.get()]
+        while batch[-1] is not None and len(batch) < 10 and not work_items.empty():
+            batch.append(work_items.get())
+        items = [work for work in batch if work is not None]
+        if items:
+            response = sqs.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[{"Id": str(i), "MessageBody": work.encode()} for i, work in enumerate(items)],
+            )
+            if response.get("Failed"):
+                raise RuntimeError(f"work items not enqueued: {response['Failed']}")
+        if batch[-1] is None:
+            return
 
 
 # -- read-back --------------------------------------------------------------------------------
@@ -413,28 +483,35 @@ def client(service: str, endpoint: str) -> Any:
 
 
 def run_once(
-    contact_count: int, seconds: int, warmup_s: int, producer_options: dict[str, Any], log_dir: Path
+    contact_count: int,
+    seconds: int,
+    warmup_s: int,
+    producer_options: dict[str, Any],
+    log_dir: Path,
+    start_spread_s: float = 1.0,
 ) -> RunResult:
-    moto = ChildProcess(_serve_moto)
+    motos = {name: ChildProcess(_serve_moto) for name in MOTO_SERVICES}
+    endpoints = {
+        service: motos[name].started_with for name, services in MOTO_SERVICES.items() for service in services
+    }
     kvs = ChildProcess(_serve_kvs_media)
     worker: ChildProcess | None = None
-    aws_endpoint: str = moto.started_with
     try:
-        kinesis = client("kinesis", aws_endpoint)
+        kinesis = client("kinesis", endpoints["kinesis"])
         kinesis.create_stream(StreamName=FRAMES_STREAM, ShardCount=FRAMES_SHARDS)
-        sqs = client("sqs", aws_endpoint)
+        sqs = client("sqs", endpoints["sqs"])
         queue_url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
-        create_table(client("dynamodb", aws_endpoint), CHECKPOINT_TABLE)
-        kinesisvideo = client("kinesisvideo", aws_endpoint)
+        create_table(client("dynamodb", endpoints["dynamodb"]), CHECKPOINT_TABLE)
+        kinesisvideo = client("kinesisvideo", endpoints["kinesisvideo"])
         stream_arns = [
             kinesisvideo.create_stream(StreamName=f"connect-live-media-{i}", MediaType="audio/L16")["StreamARN"]
             for i in range(contact_count)
         ]
-        contacts = build_contacts(stream_arns, seconds, int(time.time() * 1000))
+        contacts = build_contacts(stream_arns, seconds, int(time.time() * 1000), start_spread_s)
         worker = ChildProcess(
             _serve_worker,
             WorkerSettings(
-                aws_endpoint=aws_endpoint,
+                endpoints=endpoints,
                 kvs_media_endpoint=kvs.started_with,
                 queue_url=queue_url,
                 max_concurrent_contacts=contact_count,
@@ -442,10 +519,16 @@ def run_once(
                 producer_options=producer_options,
             ),
         )
-        pids = {"worker": worker.pid, "moto": moto.pid, "KVS emulator": kvs.pid, "load generator": os.getpid()}
+        pids = {
+            "worker": worker.pid,
+            **{name: moto.pid for name, moto in motos.items()},
+            "KVS emulator": kvs.pid,
+            "load generator": os.getpid(),
+        }
 
         started_at = time.time() + 0.5
-        steady_from = started_at + 1 + warmup_s
+        # From the last contact's end of warm-up to the first contact's last write.
+        steady_from = started_at + start_spread_s + warmup_s
         steady_until = started_at + 1 + seconds
         cpu_before: dict[str, float] = {}
         machine_before = 0.0
@@ -472,7 +555,8 @@ def run_once(
         if worker is not None:
             worker.stop()
         kvs.stop()
-        moto.stop()
+        for moto in motos.values():
+            moto.stop()
 
     return _summarize(
         contact_count,
@@ -565,7 +649,8 @@ def _counts(text: str) -> list[int]:
 def _print_table(results: Sequence[RunResult]) -> None:
     header = (
         f"{'contacts':>8} {'frames':>7} {'rec/s':>6} {'frame p50':>9} {'frame p99':>9} "
-        f"{'frag p50':>8} {'frag p99':>8} {'worker':>7} {'moto':>6} {'KVS emu':>7} {'loadgen':>7} "
+        f"{'frag p50':>8} {'frag p99':>8} {'worker':>7} {'moto KDS':>8} {'SQS':>4} {'DDB':>4} "
+        f"{'KVS emu':>7} {'loadgen':>7} "
         f"{'others':>7} {'late p99':>8} {'reord':>5} {'dups':>5} {'back':>4} {'calls':>6}"
     )
     print(header)
@@ -574,14 +659,16 @@ def _print_table(results: Sequence[RunResult]) -> None:
         print(
             f"{r.contacts:>8} {r.frames_measured:>7} {r.records_per_s:>6.0f} {r.frame_p50_ms:>7.0f}ms "
             f"{r.frame_p99_ms:>7.0f}ms {r.fragment_p50_ms:>6.0f}ms {r.fragment_p99_ms:>6.0f}ms "
-            f"{cpu['worker']:>6.0f}% {cpu['moto']:>5.0f}% {cpu['KVS emulator']:>6.0f}% "
+            f"{cpu['worker']:>6.0f}% {cpu['moto Kinesis']:>7.0f}% {cpu['moto SQS']:>3.0f}% "
+            f"{cpu['moto DynamoDB']:>3.0f}% {cpu['KVS emulator']:>6.0f}% "
             f"{cpu['load generator']:>6.0f}% {r.others_cpu_percent:>6.0f}% {r.writer_late_p99_ms:>6.0f}ms "
             f"{r.reordered:>5} {r.duplicates:>5} {r.worker_stats.get('contacts_handed_back', 0):>4} "
             f"{r.worker_stats.get('put_records_calls', 0):>6}"
         )
     print(
         "frame: fragment written → frame's record in KDS; frag: → its last frame in KDS (fragments after the "
-        "warm-up). CPU in % of one core over the steady part; others: the rest of the machine. late: how late "
+        "warm-up). CPU in % of one core over the steady part (moto KDS / SQS / DDB: the moto processes of Kinesis, "
+        "SQS with the KVS control plane, DynamoDB); others: the rest of the machine. late: how late "
         "the load generator posted. reord/dups: frames out of order / duplicated per contact and track; back: contacts "
         "the worker handed back to the queue (a re-read replays from the last checkpoint)."
     )
@@ -609,11 +696,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=20, help="audio per contact (default 20)")
     parser.add_argument("--warmup-seconds", type=int, default=3,
                         help="first fragments of each contact left out of the figures (default 3)")
+    parser.add_argument("--start-spread-seconds", type=float, default=1.0,
+                        help="contacts start evenly over this many seconds (default 1: all in the first)")
     parser.add_argument("--producer-option", action="append", default=[], metavar="NAME=VALUE",
                         help="a KinesisRecordProducer keyword argument, e.g. linger_s=0.005 (repeatable)")
     args = parser.parse_args(argv)
-    if args.seconds <= args.warmup_seconds + 1:
-        parser.error("--seconds must exceed --warmup-seconds by more than 1")
+    if args.seconds <= args.warmup_seconds + args.start_spread_seconds:
+        parser.error("--seconds must exceed --warmup-seconds plus --start-spread-seconds")
     producer_options = _producer_options(args.producer_option)
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -621,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-connector-") as log_dir:
         for count in args.contacts:
             print(f"running {count} contacts for {args.seconds} s…", file=sys.stderr, flush=True)
-            result = run_once(count, args.seconds, args.warmup_seconds, producer_options, Path(log_dir))
+            result = run_once(
+                count, args.seconds, args.warmup_seconds, producer_options, Path(log_dir), args.start_spread_seconds
+            )
             results.append(result)
             warnings = (Path(log_dir) / f"worker-{count}.log").read_text().splitlines()
             if warnings:

@@ -38,9 +38,14 @@ RETRYABLE_ERROR_CODES = frozenset(
 )
 
 
-#: One pooled connection per concurrently read contact; a GetMedia body that stays
-#: silent much longer than KVS's ~3 s end-of-data timeout means a dead connection.
-DEFAULT_MEDIA_CLIENT_CONFIG = Config(max_pool_connections=256, read_timeout=20, connect_timeout=5)
+#: One pooled connection per concurrently read contact (the target is 300 per worker);
+#: a GetMedia body that stays silent much longer than KVS's ~3 s end-of-data timeout
+#: means a dead connection.
+DEFAULT_MEDIA_CLIENT_CONFIG = Config(max_pool_connections=512, read_timeout=20, connect_timeout=5)
+#: Reads return each HTTP chunk as it lands (KVS's reach 16 KiB), so a read size above
+#: that costs no latency; botocore's 1,024 bytes cut a chunk into up to 16 reads, each
+#: a trip through urllib3, the parser and the worker's loop.
+DEFAULT_CHUNK_SIZE = 64 * 1024
 
 
 class MediaSourceError(Exception):
@@ -93,7 +98,8 @@ class KvsMediaSource:
         boto3 session that creates the ``kinesis-video-media`` clients; defaults to a
         new one with the standard credential chain.
     chunk_size:
-        Read size of the response body (botocore's default is 1024 bytes).
+        The most bytes one read of the response body returns. Over an HTTP stack that
+        cannot read chunk by chunk, also how many bytes a read waits for.
     media_client_config:
         botocore ``Config`` of the ``kinesis-video-media`` clients.
     """
@@ -103,7 +109,7 @@ class KvsMediaSource:
         kinesisvideo_client: Any,
         media_endpoint_override: str | None = None,
         session: boto3.session.Session | None = None,
-        chunk_size: int = 1024,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         *,
         endpoint_ttl_s: float = ENDPOINT_TTL_S,
         media_client_config: Config = DEFAULT_MEDIA_CLIENT_CONFIG,

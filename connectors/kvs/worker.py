@@ -601,7 +601,9 @@ class _ContactRead:
             self.resume_token = token
             if number and number == self.progress.last_fragment_number:
                 self.progress.continuation_token = token
-        self.save()
+            # Only at a token: settled by the next fragment's header instead, a due
+            # checkpoint (flush + DynamoDB write) would hold that fragment back.
+            self.save()
 
     def publish_frames(self, frames: list[AudioFrame]) -> None:
         newest = ""

@@ -60,7 +60,9 @@ and ``X-Amz-Date`` present): the point is that callers sign, through boto3.
 them (stream named by ``x-amzn-stream-arn`` or ``x-amzn-stream-name``), parses them
 strictly, stores them and answers one ``PERSISTED`` JSON line per fragment, as PutMedia
 acknowledgements look. Any stream ARN is accepted there; the caller creates streams in
-moto's control plane.
+moto's control plane. A real producer streams a whole session in one long-running
+PutMedia request; here each request holds whole fragments, and a producer that writes
+one fragment at a time keeps its connection open (HTTP/1.1 keep-alive) between them.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ _FRAGMENT_NUMBER_STEP = 4_951_760_157_141_521_099
 
 #: PutMedia bodies are parsed in memory; KVS caps a fragment at 50 MB.
 MAX_PUT_MEDIA_BYTES = 50 * 1024 * 1024
+#: The largest GetMedia HTTP chunk in a public capture of KVS (reference/amazon-connect-kvs.md).
+MAX_HTTP_CHUNK_BYTES = 16384
 #: The API reference's pattern for fragment numbers (1–128 digits).
 _FRAGMENT_NUMBER_PATTERN = re.compile(r"^[0-9]{1,128}$")
 _ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.kinesis.video.v20170930/"
@@ -158,9 +162,12 @@ class _ConnectionCut(Exception):
 
 
 class _StreamLog:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, lock: threading.Lock) -> None:
         self.name = name
         self.fragments: list[StoredFragment] = []
+        #: This stream's GetMedia sessions wait here, so that a put wakes them only, not
+        #: every session of every stream.
+        self.changed = threading.Condition(lock)
         self.active_readers = 0
         #: For each GetMedia connection to be cut: whole fragments it sends first.
         self.cuts: deque[int] = deque()
@@ -179,6 +186,12 @@ class KvsMediaEmulator:
         Concurrent GetMedia connections allowed per stream (KVS: 3).
     seed:
         Seeds the random HTTP chunk sizes, for reproducible runs.
+    random_chunks:
+        Cut GetMedia bodies into HTTP chunks of random sizes, from 1 byte (splitting
+        element headers) to 16 KiB, the range seen from KVS. False sends each fragment
+        as soon as it is stored, in chunks of at most 16 KiB, as KVS does for a reader
+        that has caught up: far cheaper for the emulator, for load runs
+        (``bench.connector``) rather than parser tests.
     unknown_size_clusters:
         Write Clusters with unknown size, as some KVS producers do.
     """
@@ -192,6 +205,7 @@ class KvsMediaEmulator:
         max_connections_per_stream: int = 3,
         *,
         seed: int | None = None,
+        random_chunks: bool = True,
         unknown_size_clusters: bool = False,
     ) -> None:
         self.host = host
@@ -199,10 +213,10 @@ class KvsMediaEmulator:
         self.idle_timeout_s = idle_timeout_s
         self.session_limit_s = session_limit_s
         self.max_connections_per_stream = max_connections_per_stream
+        self.random_chunks = random_chunks
         self.unknown_size_clusters = unknown_size_clusters
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
         self._streams: dict[str, _StreamLog] = {}
         self._sequence = 0
         self._stopping = False
@@ -225,9 +239,10 @@ class KvsMediaEmulator:
         return self
 
     def stop(self) -> None:
-        with self._changed:
+        with self._lock:
             self._stopping = True
-            self._changed.notify_all()
+            for stream_log in self._streams.values():
+                stream_log.changed.notify_all()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -268,7 +283,7 @@ class KvsMediaEmulator:
         parsed = _parse_fragments(body)
         now_ms = int(time.time() * 1000)
         stored = []
-        with self._changed:
+        with self._lock:
             stream_log = self._find_stream(stream, create=True)
             for fragment in parsed:
                 self._sequence += 1
@@ -276,14 +291,14 @@ class KvsMediaEmulator:
                 stored_fragment = StoredFragment(number=number, server_timestamp_ms=now_ms, **fragment)
                 stream_log.fragments.append(stored_fragment)
                 stored.append(stored_fragment)
-            self._changed.notify_all()
+            stream_log.changed.notify_all()
         return stored
 
     def _find_stream(self, stream: str, *, create: bool) -> _StreamLog | None:
         name = stream_name_of(stream)
         stream_log = self._streams.get(name)
         if stream_log is None and create:
-            stream_log = self._streams[name] = _StreamLog(name)
+            stream_log = self._streams[name] = _StreamLog(name, self._lock)
         return stream_log
 
     # -- GetMedia ----------------------------------------------------------------------
@@ -311,7 +326,11 @@ class KvsMediaEmulator:
                 )
             stream_log.active_readers += 1
             cut_after = stream_log.cuts.popleft() if stream_log.cuts else None
-        return _GetMediaSession(self, stream_log, start, cut_after)
+            # A generator per session, seeded from the emulator's: sessions do not take
+            # the lock for every chunk, and a seeded run stays reproducible.
+            chunk_seed = self._random.getrandbits(64)
+        chunk_sizes = _random_chunk_sizes(random.Random(chunk_seed)) if self.random_chunks else None
+        return _GetMediaSession(self, stream_log, start, cut_after, chunk_sizes)
 
     def _resolve_selector(self, stream_log: _StreamLog, selector: dict) -> int | tuple[str, str]:
         """Index of the first fragment to send, or an in-stream error (code, id)."""
@@ -350,18 +369,17 @@ class KvsMediaEmulator:
         with self._lock:
             stream_log.active_readers -= 1
 
-    def _chunk_sizes(self) -> Iterator[int]:
-        # Tiny chunks split element headers; large ones are what KVS sends when caught up.
-        while True:
-            with self._lock:
-                band = self._random.random()
-                if band < 0.3:
-                    size = self._random.randint(1, 16)
-                elif band < 0.8:
-                    size = self._random.randint(17, 2048)
-                else:
-                    size = self._random.randint(2049, 16384)
-            yield size
+
+def _random_chunk_sizes(rng: random.Random) -> Iterator[int]:
+    # Tiny chunks split element headers; large ones are what KVS sends when caught up.
+    while True:
+        band = rng.random()
+        if band < 0.3:
+            yield rng.randint(1, 16)
+        elif band < 0.8:
+            yield rng.randint(17, 2048)
+        else:
+            yield rng.randint(2049, MAX_HTTP_CHUNK_BYTES)
 
 
 class _GetMediaSession:
@@ -373,11 +391,14 @@ class _GetMediaSession:
         stream_log: _StreamLog,
         start: int | tuple[str, str],
         cut_after: int | None = None,
+        chunk_sizes: Iterator[int] | None = None,
     ) -> None:
         self._emulator = emulator
         self._stream_log = stream_log
         self._start = start
         self._cut_after = cut_after
+        #: None: each fragment whole, in chunks of at most ``MAX_HTTP_CHUNK_BYTES``.
+        self._chunk_sizes = chunk_sizes
         self._closed = False
 
     def close(self) -> None:
@@ -387,12 +408,11 @@ class _GetMediaSession:
             self._emulator._release(self._stream_log)
 
     def body(self) -> Iterator[bytes]:
-        """The response body as a sequence of HTTP chunks of random sizes."""
-        sizes = self._emulator._chunk_sizes()
+        """The response body as a sequence of HTTP chunks."""
         for payload in self._payloads():
             offset = 0
             while offset < len(payload):
-                size = next(sizes)
+                size = next(self._chunk_sizes) if self._chunk_sizes is not None else MAX_HTTP_CHUNK_BYTES
                 yield payload[offset : offset + size]
                 offset += size
 
@@ -405,7 +425,7 @@ class _GetMediaSession:
         began = time.monotonic()
         last_sent = began
         while True:
-            with emulator._changed:
+            with emulator._lock:
                 while index >= len(self._stream_log.fragments) and not emulator._stopping:
                     now = time.monotonic()
                     remaining = min(
@@ -413,7 +433,7 @@ class _GetMediaSession:
                     )
                     if remaining <= 0:
                         break
-                    emulator._changed.wait(remaining)
+                    self._stream_log.changed.wait(remaining)
                 batch = self._stream_log.fragments[index:]
                 stopping = emulator._stopping
             if stopping or not batch:
@@ -442,15 +462,17 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     def do_POST(self) -> None:
-        self.close_connection = True
         try:
             if self.path == "/getMedia":
+                self.close_connection = True
                 self._get_media()
             elif self.path == "/putMedia":
                 self._put_media()
             else:
                 raise ApiError(404, "UnknownOperationException", f"no operation at {self.path}")
         except ApiError as exc:
+            # The request body may be left unread: nothing else can follow on this connection.
+            self.close_connection = True
             self._send_error(exc)
 
     def _get_media(self) -> None:
@@ -509,7 +531,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(acks)))
-        self.send_header("Connection", "close")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(acks)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import socket
@@ -215,8 +216,8 @@ def test_unsigned_get_media_is_rejected(emulator):
     assert response.headers["x-amzn-ErrorType"].startswith("NotAuthorizedException")
 
 
-def test_body_is_sent_in_http_chunks_of_varied_sizes(emulator):
-    put_fragments(emulator, 0, 1, 2, 3)
+def http_chunks_of_get_media(emulator: KvsMediaEmulator) -> list[bytes]:
+    """The HTTP chunks of a GetMedia body from the start of the stream, as sent."""
     request = json.dumps({"StreamARN": STREAM_ARN, "StartSelector": {"StartSelectorType": "EARLIEST"}}).encode()
     host, port = emulator.endpoint_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as connection:
@@ -232,16 +233,69 @@ def test_body_is_sent_in_http_chunks_of_varied_sizes(emulator):
             raw += data
     head, body = raw.split(b"\r\n\r\n", 1)
     assert b"Transfer-Encoding: chunked" in head
-    sizes = []
+    chunks = []
     while True:
         size_line, body = body.split(b"\r\n", 1)
         size = int(size_line, 16)
         if size == 0:
-            break
-        sizes.append(size)
+            return chunks
+        chunks.append(body[:size])
         body = body[size + 2 :]
+
+
+def test_body_is_sent_in_http_chunks_of_varied_sizes(emulator):
+    put_fragments(emulator, 0, 1, 2, 3)
+    sizes = [len(chunk) for chunk in http_chunks_of_get_media(emulator)]
     assert min(sizes) < 17 and max(sizes) > 1024
     assert len(set(sizes)) > len(sizes) // 2
+
+
+def test_without_random_chunks_each_fragment_is_sent_whole_in_chunks_of_at_most_16_kib():
+    with KvsMediaEmulator(idle_timeout_s=IDLE_S, random_chunks=False) as emulator:
+        # 2 s fragments: 64 KB of audio, more than one chunk's worth.
+        fragments = [
+            write_connect_fragment(
+                contact_id=CONTACT, instance_id="instance-1", timecode_ms=T0 + index * 2000,
+                customer_pcm=pcm(2 * index, seconds=2), agent_pcm=pcm(2 * index + 1, seconds=2),
+            )
+            for index in range(2)
+        ]
+        put_media(emulator, b"".join(fragments)).raise_for_status()
+        chunks = http_chunks_of_get_media(emulator)
+
+    ebml_magic = b"\x1a\x45\xdf\xa3"
+    assert chunks[0].startswith(ebml_magic)
+    assert sum(chunk.startswith(ebml_magic) for chunk in chunks) == 2
+    for chunk, following in zip(chunks, chunks[1:] + [ebml_magic]):
+        # Only a fragment's last chunk is short, and the next fragment starts a chunk.
+        assert len(chunk) == 16384 or following.startswith(ebml_magic)
+    parser = MkvStreamParser()
+    frames = [e for chunk in chunks for e in parser.feed(chunk) if isinstance(e, Frame)]
+    assert b"".join(f.payload for f in frames if f.track_number == 1) == pcm(0, seconds=2) + pcm(2, seconds=2)
+
+
+def test_put_media_requests_can_share_one_connection(emulator):
+    host, port = emulator.endpoint_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+
+    def post(body: bytes) -> http.client.HTTPResponse:
+        connection.request("POST", "/putMedia", body=body, headers={"x-amzn-stream-arn": STREAM_ARN})
+        response = connection.getresponse()
+        response.read()
+        return response
+
+    try:
+        first = post(connect_fragment(0))
+        sock = connection.sock
+        statuses = [first.status] + [post(connect_fragment(index)).status for index in (1, 2)]
+        assert connection.sock is sock is not None
+        # After an error the request's body may be left unread: the connection closes.
+        refused = post(b"not mkv")
+    finally:
+        connection.close()
+    assert statuses == [200, 200, 200]
+    assert len(emulator.fragments(STREAM_ARN)) == 3
+    assert refused.status == 400 and refused.getheader("Connection") == "close"
 
 
 def test_unknown_size_clusters_carry_the_same_frames():
