@@ -28,13 +28,21 @@ import base64
 import binascii
 import enum
 import json
-import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Union
 
 from pipeline.audio import MULAW_SILENCE, pcm16_to_mulaw
 from pipeline.records import Track
+from pipeline.stream_fields import (
+    FieldError,
+    custom_parameters_field,
+    decimal_field,
+    object_field,
+    same_types,
+    string_field,
+    token_violation,
+)
 
 SAMPLE_RATE = 8000
 FRAME_MS = 20
@@ -268,12 +276,6 @@ _TRANSITIONS: dict[tuple[ReceiverState, str], tuple[ReceiverState, bool]] = {
     (_S.STREAMING, "stop"): (_S.STOPPED, True),
 }
 
-_DECIMAL = re.compile(r"[0-9]+")
-
-
-class _Invalid(Exception):
-    """A message that cannot be used at all; its text becomes a violation."""
-
 
 @dataclass
 class _TrackProgress:
@@ -357,48 +359,45 @@ class MediaStreamsReceiver:
             self._violation(f"{event_name!r} received while {self.state.value}")
         try:
             event = parse(self, message)
-        except _Invalid as exc:
+        except FieldError as exc:
             self._violation(f"{event_name}: {exc}")
             return []
         self.state = next_state
         return [event]
 
     # Each parser validates one event type, records rule breaches that still leave the
-    # message usable, and raises _Invalid when it cannot be used.
+    # message usable, and raises FieldError when it cannot be used.
 
     def _parse_connected(self, message: dict[str, Any]) -> Connected:
-        protocol = _string(message, "protocol")
-        version = _string(message, "version")
+        protocol = string_field(message, "protocol")
+        version = string_field(message, "version")
         if protocol != PROTOCOL:
             self._violation(f"connected: protocol is {protocol!r}, expected {PROTOCOL!r}")
         return Connected(protocol, version)
 
     def _parse_start(self, message: dict[str, Any]) -> Start:
         sequence_number = self._sequence_number(message)
-        stream_sid = _string(message, "streamSid", non_empty=True)
-        body = _object(message, "start")
+        stream_sid = string_field(message, "streamSid", non_empty=True)
+        body = object_field(message, "start")
         start = Start(
             sequence_number=sequence_number,
             stream_sid=stream_sid,
-            account_sid=_string(body, "accountSid", prefix="start."),
-            call_sid=_string(body, "callSid", prefix="start.", non_empty=True),
+            account_sid=string_field(body, "accountSid", prefix="start."),
+            call_sid=string_field(body, "callSid", prefix="start.", non_empty=True),
             tracks=_tracks(body),
-            custom_parameters=_custom_parameters(body),
-            media_format=_object(body, "mediaFormat", prefix="start."),
+            custom_parameters=custom_parameters_field(body),
+            media_format=object_field(body, "mediaFormat", prefix="start."),
         )
-        inner_sid = _string(body, "streamSid", prefix="start.")
+        inner_sid = string_field(body, "streamSid", prefix="start.")
         if inner_sid != stream_sid:
             self._violation("start: start.streamSid differs from streamSid")
-        if not _is_expected_media_format(start.media_format):
+        if not same_types(start.media_format, MEDIA_FORMAT):
             self._violation(
                 f"start: mediaFormat is {start.media_format!r}, expected {dict(MEDIA_FORMAT)!r}"
             )
-        if self._expected_token is not None:
-            token = start.custom_parameters.get("Token")
-            if token is None:
-                self._violation("start: customParameters.Token is missing")
-            elif token != self._expected_token:
-                self._violation("start: customParameters.Token does not match the expected token")
+        token_problem = token_violation(start.custom_parameters, self._expected_token)
+        if token_problem:
+            self._violation(f"start: {token_problem}")
         if self.start is None:
             self.start = start
         return start
@@ -406,17 +405,17 @@ class MediaStreamsReceiver:
     def _parse_media(self, message: dict[str, Any]) -> Media:
         sequence_number = self._sequence_number(message)
         stream_sid = self._stream_sid(message)
-        body = _object(message, "media")
-        track = _string(body, "track", prefix="media.")
+        body = object_field(message, "media")
+        track = string_field(body, "track", prefix="media.")
         if track not in self._tracks:
-            raise _Invalid(f"media.track is {track!r}, expected one of {list(TWILIO_TRACKS)}")
-        chunk = _decimal(body, "chunk", prefix="media.")
-        timestamp_ms = _decimal(body, "timestamp", prefix="media.")
-        encoded = _string(body, "payload", prefix="media.")
+            raise FieldError(f"media.track is {track!r}, expected one of {list(TWILIO_TRACKS)}")
+        chunk = decimal_field(body, "chunk", prefix="media.")
+        timestamp_ms = decimal_field(body, "timestamp", prefix="media.")
+        encoded = string_field(body, "payload", prefix="media.")
         try:
             payload = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise _Invalid("media.payload is not valid base64") from None
+            raise FieldError("media.payload is not valid base64") from None
         if self.start is not None and track not in self.start.tracks:
             self._violation(f"media: track {track!r} was not announced in start.tracks")
         if len(payload) != FRAME_BYTES:
@@ -444,29 +443,29 @@ class MediaStreamsReceiver:
     def _parse_dtmf(self, message: dict[str, Any]) -> Dtmf:
         sequence_number = self._sequence_number(message)
         stream_sid = self._stream_sid(message)
-        body = _object(message, "dtmf")
+        body = object_field(message, "dtmf")
         return Dtmf(
             sequence_number,
             stream_sid,
-            _string(body, "track", prefix="dtmf."),
-            _string(body, "digit", prefix="dtmf.", non_empty=True),
+            string_field(body, "track", prefix="dtmf."),
+            string_field(body, "digit", prefix="dtmf.", non_empty=True),
         )
 
     def _parse_mark(self, message: dict[str, Any]) -> Mark:
         sequence_number = self._sequence_number(message)
         stream_sid = self._stream_sid(message)
-        body = _object(message, "mark")
-        return Mark(sequence_number, stream_sid, _string(body, "name", prefix="mark."))
+        body = object_field(message, "mark")
+        return Mark(sequence_number, stream_sid, string_field(body, "name", prefix="mark."))
 
     def _parse_stop(self, message: dict[str, Any]) -> Stop:
         sequence_number = self._sequence_number(message)
         stream_sid = self._stream_sid(message)
-        body = _object(message, "stop")
+        body = object_field(message, "stop")
         stop = Stop(
             sequence_number,
             stream_sid,
-            _string(body, "accountSid", prefix="stop."),
-            _string(body, "callSid", prefix="stop."),
+            string_field(body, "accountSid", prefix="stop."),
+            string_field(body, "callSid", prefix="stop."),
         )
         if self.start is not None and (
             stop.account_sid != self.start.account_sid or stop.call_sid != self.start.call_sid
@@ -484,7 +483,7 @@ class MediaStreamsReceiver:
     }
 
     def _sequence_number(self, message: dict[str, Any]) -> int:
-        value = _decimal(message, "sequenceNumber")
+        value = decimal_field(message, "sequenceNumber")
         expected = self._last_sequence_number + 1
         if value != expected:
             self._violation(
@@ -494,36 +493,13 @@ class MediaStreamsReceiver:
         return value
 
     def _stream_sid(self, message: dict[str, Any]) -> str:
-        stream_sid = _string(message, "streamSid", non_empty=True)
+        stream_sid = string_field(message, "streamSid", non_empty=True)
         if self.start is not None and stream_sid != self.start.stream_sid:
             self._violation(f"streamSid {stream_sid!r} differs from the started stream's")
         return stream_sid
 
     def _violation(self, text: str) -> None:
         self.violations.append(f"message {self._messages_seen}: {text}")
-
-
-def _string(body: dict[str, Any], key: str, *, prefix: str = "", non_empty: bool = False) -> str:
-    value = body.get(key)
-    if not isinstance(value, str):
-        raise _Invalid(f"{prefix}{key} is {_describe(value)}, expected a string")
-    if non_empty and not value:
-        raise _Invalid(f"{prefix}{key} is empty")
-    return value
-
-
-def _decimal(body: dict[str, Any], key: str, *, prefix: str = "") -> int:
-    value = body.get(key)
-    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
-        raise _Invalid(f"{prefix}{key} is {_describe(value)}, expected a decimal string")
-    return int(value)
-
-
-def _object(body: dict[str, Any], key: str, *, prefix: str = "") -> dict[str, Any]:
-    value = body.get(key)
-    if not isinstance(value, dict):
-        raise _Invalid(f"{prefix}{key} is {_describe(value)}, expected an object")
-    return value
 
 
 def _tracks(body: dict[str, Any]) -> tuple[str, ...]:
@@ -533,25 +509,5 @@ def _tracks(body: dict[str, Any]) -> tuple[str, ...]:
         or not value
         or not all(isinstance(track, str) and track in TWILIO_TRACKS for track in value)
     ):
-        raise _Invalid(f"start.tracks is {value!r}, expected a list from {list(TWILIO_TRACKS)}")
+        raise FieldError(f"start.tracks is {value!r}, expected a list from {list(TWILIO_TRACKS)}")
     return tuple(value)
-
-
-def _custom_parameters(body: dict[str, Any]) -> dict[str, str]:
-    value = body.get("customParameters")
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise _Invalid("start.customParameters must be an object of strings")
-    return dict(value)
-
-
-def _is_expected_media_format(media_format: dict[str, Any]) -> bool:
-    # bool is an int in Python and True == 1; a JSON true is still the wrong type.
-    return media_format == MEDIA_FORMAT and all(
-        type(media_format[key]) is type(MEDIA_FORMAT[key]) for key in MEDIA_FORMAT
-    )
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "missing"
-    return f"{type(value).__name__} {value!r}"[:80]

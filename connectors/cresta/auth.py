@@ -5,12 +5,16 @@ Source of every detail here: ``cresta/amazon-connect-pstn-transfer``
 {auth_url}/v1/oauth/regionalToken`` with HTTP Basic ``client_id:client_secret`` and the
 JSON body ``{"grant_type":"client_credentials"}``; the token is cached until
 ``expires_in`` minus 5 minutes (half of ``expires_in`` when that is 5 minutes or less);
-3 retries with exponential backoff plus up to 25 % jitter on network errors, 5xx, 408
-and 429; 10 s timeout per request.
+an ``expires_in`` of 0 or less is an error; 3 retries with exponential backoff plus up to
+25 % jitter on network errors, 5xx, 408 and 429; 10 s timeout per request.
+
+Added here, for secret rotation without a restart: the client credentials come from a
+``CredentialsSource`` (Secrets Manager or the environment) and are read again, once,
+when the token endpoint answers 401, or when Cresta refuses the token itself
+(``renew``).
 
 The client secret and the access token never appear in log records, exception texts or
-``repr``; they are held in ``Secret`` wrappers so that even a traceback with locals
-shows only ``Secret('***')``.
+``repr``; they are held in ``Secret`` wrappers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ import time
 from typing import Callable
 
 import httpx
+
+from connectors.cresta.credentials import (
+    ClientCredentials,
+    CredentialsError,
+    CredentialsSource,
+    Secret,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +53,6 @@ class CrestaAuthError(Exception):
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
-
-
-class Secret:
-    """A credential that only ``reveal()`` shows; every other rendering is masked."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
 
 
 def cache_lifetime_s(expires_in_s: float) -> float:
@@ -82,6 +76,8 @@ class CrestaTokenProvider:
     ----------
     auth_url:
         The auth domain without a path, e.g. ``https://auth.us-west-2-prod.cresta.ai``.
+    credentials:
+        Where the client id and secret come from; read on first use and again after a 401.
     http_client:
         An ``httpx.Client`` to send with (tests pass one on an ``httpx.MockTransport``);
         one is created on first use when omitted.
@@ -94,8 +90,7 @@ class CrestaTokenProvider:
     def __init__(
         self,
         auth_url: str,
-        client_id: str,
-        client_secret: str,
+        credentials: CredentialsSource,
         http_client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
         *,
@@ -106,8 +101,7 @@ class CrestaTokenProvider:
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.token_url = auth_url.rstrip("/") + TOKEN_PATH
-        self.client_id = client_id
-        self._client_secret = Secret(client_secret)
+        self._credentials_source = credentials
         self._http_client = http_client
         self._clock = clock
         self._timeout_s = timeout_s
@@ -116,26 +110,56 @@ class CrestaTokenProvider:
         self._sleep = sleep
         self._jitter = jitter
         self._lock = threading.Lock()
+        self._credentials: ClientCredentials | None = None
         self._token: Secret | None = None
         self._valid_until = 0.0
 
     def __repr__(self) -> str:
-        return f"CrestaTokenProvider(token_url={self.token_url!r}, client_id={self.client_id!r})"
+        return f"CrestaTokenProvider(token_url={self.token_url!r}, credentials={self._credentials_source!r})"
 
     def token(self) -> str:
         """A valid access token, from the cache or freshly fetched."""
         with self._lock:
             if self._token is None or self._clock() >= self._valid_until:
-                self._token, self._valid_until = self._fetch()
+                self._token = None
+                if self._credentials is None:
+                    self._credentials = self._load_credentials()
+                try:
+                    self._token, self._valid_until = self._fetch(self._credentials)
+                except CrestaAuthError as exc:
+                    if exc.status_code != 401:
+                        raise
+                    logger.warning(
+                        "%s refused client %s (HTTP 401); reading the credentials again",
+                        self.token_url,
+                        self._credentials.client_id,
+                    )
+                    self._credentials = self._load_credentials()
+                    self._token, self._valid_until = self._fetch(self._credentials)
             return self._token.reveal()
 
-    def invalidate(self) -> None:
-        """Forget the cached token, e.g. after Cresta rejected it with 401."""
-        with self._lock:
-            self._token = None
+    def renew(self, rejected_token: str) -> str:
+        """A new token after Cresta refused ``rejected_token``: credentials read again first.
 
-    def _fetch(self) -> tuple[Secret, float]:
-        response = self._post_with_retries()
+        Many streams may be refused the same token at once; only the first renews it, the
+        others get the token it fetched.
+        """
+        with self._lock:
+            if self._token is not None and self._token.reveal() != rejected_token:
+                return self._token.reveal()
+            self._token = None
+            self._credentials = self._load_credentials()
+            self._token, self._valid_until = self._fetch(self._credentials)
+            return self._token.reveal()
+
+    def _load_credentials(self) -> ClientCredentials:
+        try:
+            return self._credentials_source.load()
+        except CredentialsError as exc:
+            raise CrestaAuthError(f"no Cresta client credentials: {exc}") from None
+
+    def _fetch(self, credentials: ClientCredentials) -> tuple[Secret, float]:
+        response = self._post_with_retries(credentials)
         if response.status_code != 200:
             raise CrestaAuthError(
                 f"token request to {self.token_url} failed: HTTP {response.status_code}",
@@ -162,17 +186,17 @@ class CrestaTokenProvider:
         lifetime = cache_lifetime_s(expires_in)
         logger.info(
             "fetched Cresta access token for client %s (expires in %ss, cached for %ss)",
-            self.client_id,
+            credentials.client_id,
             expires_in,
             lifetime,
         )
         return Secret(access_token), self._clock() + lifetime
 
-    def _post_with_retries(self) -> httpx.Response:
+    def _post_with_retries(self, credentials: ClientCredentials) -> httpx.Response:
         client = self._client()
-        credentials = f"{self.client_id}:{self._client_secret.reveal()}".encode()
+        basic = f"{credentials.client_id}:{credentials.client_secret.reveal()}".encode()
         headers = {
-            "Authorization": "Basic " + base64.b64encode(credentials).decode("ascii"),
+            "Authorization": "Basic " + base64.b64encode(basic).decode("ascii"),
             "Content-Type": "application/json",
         }
         # Serialized by hand so the body is byte-for-byte what Cresta's Go client sends.

@@ -1,7 +1,9 @@
-"""The Cresta emulator on loopback, driven by the real token provider and Media Streams client,
-and by a raw WebSocket client sending deliberately bad streams."""
+"""The Cresta emulator on loopback, driven by the real token provider and stream adapters,
+and by a raw WebSocket client sending deliberately bad streams or meeting injected faults."""
 
+import asyncio
 import base64
+import doctest
 import json
 import re
 from itertools import zip_longest
@@ -9,18 +11,24 @@ from itertools import zip_longest
 import httpx
 import numpy as np
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from connectors.cresta import (
     CrestaAuthError,
     CrestaDeliveryError,
     CrestaTokenProvider,
-    MediaStreamsConnection,
+    StaticCredentials,
+    StreamContact,
+    WebSocketStreamAdapter,
 )
-from emulators.cresta import CrestaEmulator
-from pipeline.audio import WAVE_FORMAT_MULAW, pcm16_to_mulaw, read_wav
+from connectors.cresta.adapters import UniqueMillis
+import emulators.cresta.server
+from emulators.cresta import CrestaEmulator, parse_outage
+from pipeline.audio import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, pcm16_to_mulaw, read_wav
+from pipeline.l16_stream import L16Sender
 from pipeline.media_streams import MediaStreamsSender
+from pipeline.records import Track
 
 CLIENT_ID = "emulated-client"
 CLIENT_SECRET = "emulated-secret"
@@ -35,9 +43,35 @@ def emulator():
         yield running
 
 
+def provider_for(emulator, client_secret: str = CLIENT_SECRET) -> CrestaTokenProvider:
+    return CrestaTokenProvider(emulator.auth_url, StaticCredentials(CLIENT_ID, client_secret))
+
+
 @pytest.fixture
 def provider(emulator):
-    return CrestaTokenProvider(emulator.auth_url, CLIENT_ID, CLIENT_SECRET)
+    return provider_for(emulator)
+
+
+class FixedTokens:
+    """Tokens the emulator never issued; counts renewals."""
+
+    def __init__(self) -> None:
+        self.renewals = 0
+
+    def token(self) -> str:
+        return "not-issued"
+
+    def renew(self, rejected_token: str) -> str:
+        self.renewals += 1
+        return "renewed-but-still-not-issued"
+
+
+def adapter(url: str, tokens, **kwargs) -> WebSocketStreamAdapter:
+    return WebSocketStreamAdapter(url, MEDIA_TOKEN, tokens, **kwargs)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
 
 
 def speech(samples: int, seed: int) -> bytes:
@@ -58,11 +92,11 @@ def test_the_token_provider_gets_a_bearer_token(emulator, provider):
     assert emulator.token_requests == 1
 
 
-def test_wrong_client_secret_is_refused_without_retries(emulator):
-    provider = CrestaTokenProvider(emulator.auth_url, CLIENT_ID, "not-the-secret")
+def test_wrong_client_secret_is_refused(emulator):
     with pytest.raises(CrestaAuthError, match="HTTP 401") as raised:
-        provider.token()
+        provider_for(emulator, "not-the-secret").token()
     assert raised.value.status_code == 401
+    assert emulator.token_requests == 0
 
 
 def token_url(emulator) -> str:
@@ -118,7 +152,7 @@ def test_an_expired_token_is_refused():
         token_ttl_s=60,
         clock=lambda: now[0],
     ) as short_lived:
-        token = CrestaTokenProvider(short_lived.auth_url, CLIENT_ID, CLIENT_SECRET).token()
+        token = provider_for(short_lived).token()
         headers = {"Authorization": f"Bearer {token}"}
         with connect(short_lived.ws_url, additional_headers=headers):
             pass
@@ -128,74 +162,75 @@ def test_an_expired_token_is_refused():
         assert raised.value.response.status_code == 401
 
 
-def test_a_refused_upgrade_is_a_delivery_error_with_its_status(emulator):
-    connection = MediaStreamsConnection(emulator.ws_url, MEDIA_TOKEN, lambda: "not-issued")
+def test_a_refused_upgrade_renews_the_token_once_then_is_a_delivery_error(emulator):
+    tokens = FixedTokens()
+    stream = adapter(emulator.ws_url, tokens)
     with pytest.raises(CrestaDeliveryError, match="refused: HTTP 401") as raised:
-        connection.open("contact-1")
+        run(stream.open_contact(StreamContact("contact-1")))
     assert raised.value.status_code == 401
-    assert not connection.is_open
+    assert tokens.renewals == 1
+    assert not stream.is_open
 
 
-def test_an_unreachable_endpoint_is_a_delivery_error_that_hides_url_credentials(emulator):
+def test_an_unreachable_endpoint_is_a_delivery_error_that_hides_url_credentials(emulator, provider):
     url = emulator.ws_url.replace("ws://", "ws://user:password@") + "stream?key=hidden"
     emulator.stop()
-    connection = MediaStreamsConnection(url, MEDIA_TOKEN, lambda: "any")
+    stream = adapter(url, provider)
     with pytest.raises(CrestaDeliveryError, match="failed") as raised:
-        connection.open("contact-1")
+        run(stream.open_contact(StreamContact("contact-1")))
     for credential in ("password", "hidden", MEDIA_TOKEN):
-        assert credential not in str(raised.value) and credential not in repr(connection)
+        assert credential not in str(raised.value) and credential not in repr(stream)
     assert "/stream" in str(raised.value)
 
 
-def test_an_invalid_url_is_a_delivery_error_that_hides_its_credentials():
-    connection = MediaStreamsConnection("http://user:password@host/?key=hidden", "t", lambda: "a")
+def test_an_invalid_url_is_a_delivery_error_that_hides_its_credentials(provider):
+    stream = adapter("http://user:password@host/?key=hidden", provider)
     with pytest.raises(CrestaDeliveryError, match="InvalidURI") as raised:
-        connection.open("contact-1")
+        run(stream.open_contact(StreamContact("contact-1")))
     assert "password" not in str(raised.value) and "hidden" not in str(raised.value)
 
 
 def test_a_token_failure_is_a_delivery_error(emulator):
-    bad_provider = CrestaTokenProvider(emulator.auth_url, CLIENT_ID, "wrong")
-    connection = MediaStreamsConnection(emulator.ws_url, MEDIA_TOKEN, bad_provider.token)
+    stream = adapter(emulator.ws_url, provider_for(emulator, "wrong"))
     with pytest.raises(CrestaDeliveryError, match="no access token"):
-        connection.open("contact-1")
+        run(stream.open_contact(StreamContact("contact-1")))
 
 
-def test_sending_on_a_closed_connection_is_a_delivery_error(emulator, provider):
-    connection = MediaStreamsConnection(emulator.ws_url, MEDIA_TOKEN, provider.token)
+def test_sending_on_a_closed_stream_is_a_delivery_error(emulator, provider):
+    stream = adapter(emulator.ws_url, provider)
     with pytest.raises(CrestaDeliveryError, match="not open"):
-        connection.send_chunk("customer", speech(160, 0))
-    connection.close()
+        run(stream.send_chunk(Track.CUSTOMER, speech(160, 0)))
+    run(stream.close_contact())
 
 
-# --- the real client, end to end -------------------------------------------------------------
+# --- the real adapters, end to end ----------------------------------------------------------
 
 
-def test_the_client_delivers_a_call_exactly_and_conformantly(emulator, provider, tmp_path):
-    customer, agent = speech(8000 * 3 + 37, seed=1), speech(8000 * 2 + 5, seed=2)
-    connection = MediaStreamsConnection(
-        emulator.ws_url,
-        MEDIA_TOKEN,
-        provider.token,
-        account_sid="instance-1",
-        epoch_ms=lambda: 1700000000123,
-    )
-    connection.open("contact-1", {"queue": "billing", "Token": "spoofed"}, agent_id="agent-7")
-    stream_sid = connection.stream_sid
-    assert re.fullmatch(r"MZ[0-9a-f]{32}", stream_sid)
-    # 100 ms chunks on one track and 70 ms on the other, so frames straddle chunks.
+async def send_call(stream, contact: StreamContact, customer: bytes, agent: bytes) -> None:
+    """Both tracks in 100 ms chunks on one and 70 ms on the other, so frames straddle chunks."""
+    await stream.open_contact(contact)
     customer_chunks = [customer[i : i + 1600] for i in range(0, len(customer), 1600)]
     agent_chunks = [agent[i : i + 1120] for i in range(0, len(agent), 1120)]
     for customer_chunk, agent_chunk in zip_longest(customer_chunks, agent_chunks, fillvalue=b""):
-        connection.send_chunk("customer", customer_chunk)
-        connection.send_chunk("agent", agent_chunk)
-    connection.close()
-    assert not connection.is_open
+        await stream.send_chunk(Track.CUSTOMER, customer_chunk)
+        await stream.send_chunk(Track.AGENT, agent_chunk)
+    await stream.close_contact()
+
+
+CONTACT = StreamContact("contact-1", "instance-1", "agent-7", {"queue": "billing", "Token": "spoofed"})
+
+
+def test_media_streams_delivers_a_call_exactly_and_conformantly(emulator, provider, tmp_path):
+    customer, agent = speech(8000 * 3 + 37, seed=1), speech(8000 * 2 + 5, seed=2)
+    stream = adapter(emulator.ws_url, provider, epoch_ms=lambda: 1700000000123)
+    run(send_call(stream, CONTACT, customer, agent))
+    assert not stream.is_open
+    assert re.fullmatch(r"MZ[0-9a-f]{32}", stream.stream_sid)
     emulator.wait_connections_closed(1)
 
     record = emulator.calls()["contact-1"]
     assert record.violations == [] and emulator.violations() == []
-    assert record.stopped
+    assert record.stopped and record.encoding == "audio/x-mulaw"
     assert record.custom_parameters == {
         "queue": "billing",
         "CallId": "contact-1-1700000000123",
@@ -209,7 +244,8 @@ def test_the_client_delivers_a_call_exactly_and_conformantly(emulator, provider,
         times = record.media_receive_times[track]
         assert len(times) == len(record.tracks[track]) // 160
         assert times == sorted(times)
-    assert record.stream_sids == [stream_sid]
+    assert record.stream_sids == [stream.stream_sid]
+    assert record.call_ids == ["contact-1-1700000000123"]
 
     written = emulator.write_wavs(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
@@ -222,34 +258,64 @@ def test_the_client_delivers_a_call_exactly_and_conformantly(emulator, provider,
     assert read_wav(tmp_path / "contact-1" / "agent.wav").data == record.tracks["outbound"]
 
 
-def test_a_reconnect_appends_to_the_same_call(emulator, provider):
+def test_l16_delivers_a_call_exactly_on_its_own_path(emulator, provider, tmp_path):
+    customer, agent = speech(8000 * 2 + 3, seed=5), speech(8000 + 1, seed=6)
+    stream = adapter(emulator.l16_url, provider, new_sender=L16Sender)
+    run(send_call(stream, CONTACT, customer, agent))
+    emulator.wait_connections_closed(1)
+    record = emulator.calls()["contact-1"]
+    assert emulator.violations() == []
+    assert record.stopped and record.encoding == "audio/L16"
+    assert record.tracks["inbound"] == customer and record.tracks["outbound"] == agent
+    assert record.custom_parameters["ParticipantMode"] == "agent"
+    emulator.write_wavs(tmp_path)
+    assert read_wav(tmp_path / "contact-1" / "customer.wav") == (WAVE_FORMAT_PCM, 8000, 1, 16, customer)
+
+
+def test_a_reconnect_appends_to_the_same_call_under_a_new_call_id(emulator, provider):
     first, second = speech(1600, seed=3), speech(800, seed=4)
+    # Both streams in the same millisecond: the CallIds must still differ.
+    epoch_ms = UniqueMillis(clock_ns=lambda: 1700000000123_000_000)
     for part in (first, second):
-        connection = MediaStreamsConnection(emulator.ws_url, MEDIA_TOKEN, provider.token)
-        connection.open("contact-2")
-        connection.send_chunk("customer", part)
-        connection.close()
+        stream = adapter(emulator.ws_url, provider, epoch_ms=epoch_ms)
+
+        async def one_stream():
+            await stream.open_contact(StreamContact("contact-2"))
+            await stream.send_chunk(Track.CUSTOMER, part)
+            await stream.close_contact()
+
+        run(one_stream())
     emulator.wait_connections_closed(2)
     record = emulator.calls()["contact-2"]
     assert record.tracks["inbound"] == pcm16_to_mulaw(first) + pcm16_to_mulaw(second)
     assert record.tracks["outbound"] == b""
+    assert record.call_ids == ["contact-2-1700000000123", "contact-2-1700000000124"]
     assert len(record.stream_sids) == 2 and record.stopped and record.violations == []
 
 
 def test_the_emulator_closing_breaks_the_stream(emulator, provider):
-    connection = MediaStreamsConnection(emulator.ws_url, MEDIA_TOKEN, provider.token)
-    connection.open("contact-4")
-    emulator.stop()
-    with pytest.raises(CrestaDeliveryError, match="broke"):
+    stream = adapter(emulator.ws_url, provider)
+
+    async def send_until_broken():
+        await stream.open_contact(StreamContact("contact-4"))
+        # In a thread, so this loop can answer the server's closing handshake meanwhile.
+        await asyncio.to_thread(emulator.stop)
         for _ in range(50):
-            connection.send_chunk("customer", speech(160, seed=7))
-    assert not connection.is_open
+            await stream.send_chunk(Track.CUSTOMER, speech(160, seed=7))
+
+    with pytest.raises(CrestaDeliveryError, match="broke"):
+        run(send_until_broken())
+    assert not stream.is_open
 
 
 def test_wavs_of_a_hostile_call_sid_stay_inside_the_output_directory(emulator, provider, tmp_path):
-    connection = MediaStreamsConnection(emulator.ws_url, MEDIA_TOKEN, provider.token)
-    connection.open("../../escape")
-    connection.close()
+    stream = adapter(emulator.ws_url, provider)
+
+    async def empty_call():
+        await stream.open_contact(StreamContact("../../escape"))
+        await stream.close_contact()
+
+    run(empty_call())
     emulator.wait_connections_closed(1)
     out = tmp_path / "out"
     for path in emulator.write_wavs(out):
@@ -260,7 +326,9 @@ def test_wavs_of_a_hostile_call_sid_stay_inside_the_output_directory(emulator, p
 
 
 def good_messages() -> list[str]:
-    sender = MediaStreamsSender("MZ" + "cd" * 16, "instance-1", "raw-call", {"Token": MEDIA_TOKEN})
+    sender = MediaStreamsSender(
+        "MZ" + "cd" * 16, "instance-1", "raw-call", {"Token": MEDIA_TOKEN, "CallId": "raw-call-1"}
+    )
     return (
         sender.start_messages()
         + sender.media_messages("customer", speech(320, seed=8))
@@ -281,12 +349,15 @@ def changed(index: int, change) -> list[str]:
     return messages
 
 
-def send_raw(emulator, provider, frames: list[str | bytes]) -> None:
-    headers = {"Authorization": f"Bearer {provider.token()}"}
-    with connect(emulator.ws_url, additional_headers=headers) as ws:
+def send_raw(emulator, provider, frames: list[str | bytes], url: str | None = None, closed: int = 1) -> None:
+    with connect(url or emulator.ws_url, additional_headers=bearer(provider)) as ws:
         for frame in frames:
             ws.send(frame)
-    emulator.wait_connections_closed(1)
+    emulator.wait_connections_closed(closed)
+
+
+def bearer(provider) -> dict[str, str]:
+    return {"Authorization": f"Bearer {provider.token()}"}
 
 
 def test_the_good_raw_stream_has_no_violations(emulator, provider):
@@ -320,6 +391,10 @@ BAD_STREAMS = {
     ),
     "after-stop": (GOOD + [GOOD[2]], "message after stop"),
     "binary": (GOOD[:2] + [b"\x00\x01"], "binary frame"),
+    "no-call-id": (
+        changed(1, lambda m: m["start"]["customParameters"].pop("CallId")),
+        "customParameters.CallId is missing",
+    ),
 }
 
 
@@ -344,3 +419,162 @@ def test_violations_before_any_start_are_kept_per_connection(emulator, provider)
         "connection 1: message 2: 'media' received while awaiting start",
         "connection 1: message 2: sequenceNumber 2 follows 0 (expected 1)",
     ]
+
+
+def test_a_call_id_seen_before_is_a_violation(emulator, provider):
+    send_raw(emulator, provider, GOOD)
+    send_raw(emulator, provider, GOOD, closed=2)
+    assert any("duplicate CallId" in v for v in emulator.violations()), emulator.violations()
+
+
+def l16_messages() -> list[str | bytes]:
+    sender = L16Sender("L16-raw", "instance-1", "raw-l16", {"Token": MEDIA_TOKEN, "CallId": "raw-l16-1"})
+    return sender.start_messages() + sender.media_messages("customer", speech(320, seed=8)) + sender.stop_messages()
+
+
+def test_the_l16_path_checks_l16_and_records_pcm(emulator, provider):
+    messages = l16_messages()
+    send_raw(emulator, provider, messages, url=emulator.l16_url)
+    send_raw(emulator, provider, messages[:1] + [GOOD[2]], url=emulator.l16_url, closed=2)
+    record = emulator.calls()["raw-l16"]
+    assert record.tracks["inbound"] == speech(320, seed=8) and record.encoding == "audio/L16"
+    assert any("unknown text event 'media'" in v for v in emulator.violations())
+
+
+def test_media_streams_messages_on_the_l16_path_are_violations(emulator, provider):
+    send_raw(emulator, provider, GOOD, url=emulator.l16_url)
+    assert any("unknown text event 'connected'" in v for v in emulator.violations())
+
+
+def test_an_unknown_stream_path_is_404(emulator, provider):
+    with pytest.raises(InvalidStatus) as raised:
+        connect(emulator.ws_url + "other", additional_headers=bearer(provider))
+    assert raised.value.response.status_code == 404
+
+
+# --- credentials rotation on Cresta's side ----------------------------------------------------
+
+
+def test_after_a_rotation_only_the_new_secret_gets_tokens(emulator):
+    emulator.set_client_credentials(CLIENT_ID, "rotated-secret")
+    with pytest.raises(CrestaAuthError, match="HTTP 401"):
+        provider_for(emulator).token()
+    assert provider_for(emulator, "rotated-secret").token()
+
+
+def test_revoked_tokens_no_longer_open_streams(emulator, provider):
+    headers = bearer(provider)
+    emulator.revoke_tokens()
+    with pytest.raises(InvalidStatus) as raised:
+        connect(emulator.ws_url, additional_headers=headers)
+    assert raised.value.response.status_code == 401
+
+
+# --- injected faults ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [503, 401])
+def test_token_requests_can_be_failed(emulator, status):
+    emulator.faults.fail_token_requests(status, count=2)
+    responses = [httpx.post(token_url(emulator), auth=(CLIENT_ID, CLIENT_SECRET), json={"grant_type": "client_credentials"}) for _ in range(3)]
+    assert [r.status_code for r in responses] == [status, status, 200]
+
+
+def test_the_token_provider_retries_an_injected_503(emulator):
+    emulator.faults.fail_token_requests(503, count=2)
+    provider = CrestaTokenProvider(
+        emulator.auth_url, StaticCredentials(CLIENT_ID, CLIENT_SECRET), retry_base_delay_s=0.001
+    )
+    assert provider.token()
+
+
+def test_connections_can_be_refused_and_accepted_again(emulator, provider):
+    emulator.faults.refuse_connections(503)
+    with pytest.raises(InvalidStatus) as raised:
+        connect(emulator.ws_url, additional_headers=bearer(provider))
+    assert raised.value.response.status_code == 503
+    emulator.faults.accept_connections()
+    send_raw(emulator, provider, GOOD)
+    assert emulator.calls()["raw-call"].stopped
+
+
+def test_a_connection_is_cut_after_n_messages(emulator, provider):
+    emulator.faults.drop_after(3)
+    with connect(emulator.ws_url, additional_headers=bearer(provider)) as ws:
+        for frame in GOOD[:3]:
+            ws.send(frame)
+        with pytest.raises(ConnectionClosed):
+            for frame in GOOD[3:] * 100:
+                ws.send(frame)
+            ws.recv(timeout=10)
+    emulator.wait_connections_closed(1)
+    record = emulator.calls()["raw-call"]
+    assert len(record.tracks["inbound"]) == 160 and not record.stopped
+
+
+def test_a_stalled_emulator_reads_nothing_until_it_resumes(emulator, provider):
+    emulator.faults.stall()
+    with connect(emulator.ws_url, additional_headers=bearer(provider)) as ws:
+        for frame in GOOD:
+            ws.send(frame)
+        assert emulator.calls() == {}
+        emulator.faults.resume()
+    emulator.wait_connections_closed(1)
+    assert emulator.calls()["raw-call"].stopped
+
+
+def test_slow_reads_still_read_everything_in_order(emulator, provider):
+    emulator.faults.slow_reads(0.001)
+    send_raw(emulator, provider, GOOD)
+    record = emulator.calls()["raw-call"]
+    assert record.stopped and record.violations == [] and len(record.tracks["inbound"]) == 320
+
+
+def test_an_outage_closes_open_streams_and_refuses_new_ones_until_it_ends():
+    now = [0.0]
+    with CrestaEmulator(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, media_token=MEDIA_TOKEN, clock=lambda: now[0]
+    ) as emulator:
+        provider = provider_for(emulator)
+        emulator.faults.outage(start_s=5, duration_s=10)
+        with connect(emulator.ws_url, additional_headers=bearer(provider)) as ws:
+            ws.send(GOOD[0])
+            now[0] = 5.0
+            with pytest.raises(ConnectionClosed) as raised:
+                ws.recv(timeout=10)
+        assert raised.value.rcvd.code == 1001
+        emulator.wait_connections_closed(1)
+        with pytest.raises(InvalidStatus) as refused:
+            connect(emulator.ws_url, additional_headers=bearer(provider))
+        assert refused.value.response.status_code == 503
+        now[0] = 15.0
+        send_raw(emulator, provider, GOOD, closed=2)
+        assert emulator.calls()["raw-call"].stopped
+
+
+def test_clearing_the_faults_restores_normal_service(emulator):
+    faults = emulator.faults
+    faults.refuse_connections(503)
+    faults.drop_after(1)
+    faults.stall()
+    faults.slow_reads(1.0)
+    faults.fail_token_requests(503, count=10)
+    faults.outage(start_s=0, duration_s=600)
+    faults.clear()
+    send_raw(emulator, provider_for(emulator), GOOD)
+    assert emulator.calls()["raw-call"].stopped and emulator.violations() == []
+
+
+@pytest.mark.parametrize(("text", "window"), [("0:5", (0.0, 5.0)), ("12.5:0.5", (12.5, 0.5))])
+def test_the_outage_flag_parses(text, window):
+    assert parse_outage(text) == window
+
+
+@pytest.mark.parametrize("text", ["", "5", "a:b", "-1:5", "5:0", "5:-2"])
+def test_a_bad_outage_flag_is_refused(text):
+    with pytest.raises(ValueError, match="START:DURATION"):
+        parse_outage(text)
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(emulators.cresta.server).failed == 0

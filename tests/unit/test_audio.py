@@ -1,6 +1,7 @@
 import doctest
 import math
 import struct
+import warnings
 import wave
 
 import numpy as np
@@ -179,3 +180,23 @@ def test_read_wav_rejects_what_is_not_a_wav(tmp_path):
 
 def test_docstring_examples_run():
     assert doctest.testmod(pipeline.audio).failed == 0
+
+
+def test_codec_matches_python_s_audioop_where_g711_leaves_no_choice():
+    """audioop (stdlib until Python 3.13) is Sun's g711.c: it shifts the sample to 14
+    bits before taking the magnitude, so a negative sample that is not a multiple of 4
+    rounds away from zero, into the next code at some step boundaries. This codec takes
+    the magnitude first, so ``x`` and ``-x`` always share a code; everywhere else the two
+    are identical, and decoding is identical for all 256 codes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        audioop = pytest.importorskip("audioop")
+    samples = np.arange(-32768, 32768, dtype="<i2")
+    ours = np.frombuffer(pcm16_to_mulaw(samples.tobytes()), dtype=np.uint8)
+    sun = np.frombuffer(audioop.lin2ulaw(samples.tobytes(), 2), dtype=np.uint8)
+    differ = ours != sun
+    assert not differ[(samples >= 0) | (samples % 4 == 0)].any()
+    # Where they differ, audioop picked the neighbouring (larger-magnitude) code.
+    assert (ours[differ].astype(int) - sun[differ].astype(int) == 1).all()
+    every_code = bytes(range(256))
+    assert mulaw_to_pcm16(every_code) == audioop.ulaw2lin(every_code, 2)

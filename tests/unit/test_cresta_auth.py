@@ -6,6 +6,12 @@ import httpx
 import pytest
 
 from connectors.cresta.auth import CrestaAuthError, CrestaTokenProvider, cache_lifetime_s
+from connectors.cresta.credentials import (
+    ClientCredentials,
+    CredentialsError,
+    Secret,
+    StaticCredentials,
+)
 
 AUTH_URL = "https://auth.us-west-2-prod.cresta.ai"
 CLIENT_ID = "client-id-1"
@@ -42,11 +48,29 @@ def ok(token: str = ACCESS_TOKEN, expires_in=3600) -> httpx.Response:
     )
 
 
-def provider_for(server: TokenServer, clock=None, sleeps=None) -> CrestaTokenProvider:
+class RotatingCredentials:
+    """A credentials source whose secret a test replaces, counting the reads."""
+
+    def __init__(self, *secrets: str | Exception) -> None:
+        self.secrets = list(secrets)
+        self.loads = 0
+
+    def load(self) -> ClientCredentials:
+        self.loads += 1
+        secret = self.secrets.pop(0) if len(self.secrets) > 1 else self.secrets[0]
+        if isinstance(secret, Exception):
+            raise secret
+        return ClientCredentials(CLIENT_ID, Secret(secret))
+
+
+def basic(secret: str = CLIENT_SECRET) -> str:
+    return "Basic " + base64.b64encode(f"{CLIENT_ID}:{secret}".encode()).decode()
+
+
+def provider_for(server: TokenServer, clock=None, sleeps=None, credentials=None) -> CrestaTokenProvider:
     return CrestaTokenProvider(
         AUTH_URL,
-        CLIENT_ID,
-        CLIENT_SECRET,
+        credentials or StaticCredentials(CLIENT_ID, CLIENT_SECRET),
         http_client=httpx.Client(transport=httpx.MockTransport(server)),
         clock=clock or FakeClock(),
         sleep=(sleeps.append if sleeps is not None else lambda _: None),
@@ -70,7 +94,8 @@ def test_the_token_request_is_exactly_cresta_s():
 def test_a_trailing_slash_on_the_auth_url_is_tolerated():
     server = TokenServer(ok())
     client = httpx.Client(transport=httpx.MockTransport(server))
-    CrestaTokenProvider(AUTH_URL + "/", CLIENT_ID, CLIENT_SECRET, http_client=client).token()
+    credentials = StaticCredentials(CLIENT_ID, CLIENT_SECRET)
+    CrestaTokenProvider(AUTH_URL + "/", credentials, http_client=client).token()
     assert server.requests[0].url.path == "/v1/oauth/regionalToken"
 
 
@@ -105,12 +130,62 @@ def test_cache_lifetime(expires_in, cached_for):
     assert cache_lifetime_s(expires_in) == cached_for
 
 
-def test_invalidate_forces_a_new_token():
+def test_a_401_from_the_token_endpoint_reads_the_credentials_again_once():
+    credentials = RotatingCredentials("old-secret", "rotated-secret")
+    server = TokenServer(httpx.Response(401, json={"error": "invalid_client"}), ok("fresh"))
+    provider = provider_for(server, credentials=credentials)
+    assert provider.token() == "fresh"
+    assert credentials.loads == 2
+    assert [r.headers["Authorization"] for r in server.requests] == [
+        basic("old-secret"),
+        basic("rotated-secret"),
+    ]
+
+
+def test_a_second_401_after_reading_the_credentials_again_is_an_error():
+    credentials = RotatingCredentials("old-secret", "still-wrong")
+    server = TokenServer(httpx.Response(401))
+    with pytest.raises(CrestaAuthError, match="HTTP 401") as raised:
+        provider_for(server, credentials=credentials).token()
+    assert raised.value.status_code == 401
+    assert credentials.loads == 2 and len(server.requests) == 2
+
+
+def test_credentials_are_read_once_while_they_work():
+    clock = FakeClock()
+    credentials = RotatingCredentials(CLIENT_SECRET)
     server = TokenServer(ok("first"), ok("second"))
+    provider = provider_for(server, clock, credentials=credentials)
+    provider.token()
+    clock.now += 3600
+    assert provider.token() == "second"
+    assert credentials.loads == 1
+
+
+def test_renew_reads_the_credentials_again_and_fetches_a_new_token():
+    credentials = RotatingCredentials("old-secret", "rotated-secret")
+    server = TokenServer(ok("refused-by-cresta"), ok("renewed"))
+    provider = provider_for(server, credentials=credentials)
+    assert provider.token() == "refused-by-cresta"
+    assert provider.renew("refused-by-cresta") == "renewed"
+    assert provider.token() == "renewed"
+    assert credentials.loads == 2
+    assert server.requests[1].headers["Authorization"] == basic("rotated-secret")
+
+
+def test_renew_of_a_token_already_replaced_returns_the_replacement():
+    server = TokenServer(ok("first"), ok("second"), ok("third"))
     provider = provider_for(server)
     provider.token()
-    provider.invalidate()
-    assert provider.token() == "second"
+    assert provider.renew("first") == "second"
+    assert provider.renew("first") == "second"
+    assert len(server.requests) == 2
+
+
+def test_unreadable_credentials_are_an_auth_error():
+    credentials = RotatingCredentials(CredentialsError("GetSecretValue arn:… failed: AccessDeniedException"))
+    with pytest.raises(CrestaAuthError, match="no Cresta client credentials: GetSecretValue"):
+        provider_for(TokenServer(ok()), credentials=credentials).token()
 
 
 @pytest.mark.parametrize("expires_in", [0, -5])
@@ -160,7 +235,8 @@ def test_three_retries_then_give_up():
     assert sleeps == pytest.approx([0.1125, 0.225, 0.45])
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404])
+# 401 is retried once, with the credentials read again: see the rotation tests above.
+@pytest.mark.parametrize("status", [400, 403, 404])
 def test_client_errors_are_not_retried(status):
     server = TokenServer(httpx.Response(status, json={"error": "invalid_client"}))
     with pytest.raises(CrestaAuthError, match=f"HTTP {status}") as raised:
@@ -169,18 +245,29 @@ def test_client_errors_are_not_retried(status):
     assert len(server.requests) == 1
 
 
+ROTATED_SECRET = "r0tated-client-secret"
+RENEWED_TOKEN = "eyJ-renewed-token-value"
+
+
 def test_neither_secret_nor_token_reaches_logs_errors_or_repr(caplog):
     caplog.set_level(logging.DEBUG)
     echoing_server = TokenServer(
         httpx.Response(503, text=CLIENT_SECRET),
+        httpx.Response(401, json={"error": "invalid_client", "client_secret": CLIENT_SECRET}),
         ok(),
+        ok(token=RENEWED_TOKEN),
     )
-    provider = provider_for(echoing_server)
+    credentials = RotatingCredentials(CLIENT_SECRET, ROTATED_SECRET)
+    provider = provider_for(echoing_server, credentials=credentials)
     assert provider.token() == ACCESS_TOKEN
+    assert provider.renew(ACCESS_TOKEN) == RENEWED_TOKEN
     failures = []
     for response in (
         httpx.Response(401, json={"error": "invalid_client", "client_secret": CLIENT_SECRET}),
+        httpx.Response(503, text=ACCESS_TOKEN),
+        httpx.Response(200, text=f"not json {ACCESS_TOKEN}"),
         ok(token=ACCESS_TOKEN, expires_in=0),
+        ok(token=ACCESS_TOKEN, expires_in="soon"),
         httpx.ConnectError("refused"),
     ):
         with pytest.raises(CrestaAuthError) as raised:
@@ -188,14 +275,21 @@ def test_neither_secret_nor_token_reaches_logs_errors_or_repr(caplog):
         failures.append(raised.value)
         failures.append(raised.value.__cause__)
     visible = " ".join(
-        [caplog.text, repr(provider), str(provider)]
+        [caplog.text, repr(provider), str(provider), repr(credentials.load())]
         + [f"{error!s} {error!r}" for error in failures if error is not None]
         + [repr(vars(provider))]
     )
     assert "fetched Cresta access token" in caplog.text
     assert "retry 1/3" in caplog.text
-    basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-    for credential in (CLIENT_SECRET, ACCESS_TOKEN, basic):
+    assert "reading the credentials again" in caplog.text
+    for credential in (
+        CLIENT_SECRET,
+        ROTATED_SECRET,
+        ACCESS_TOKEN,
+        RENEWED_TOKEN,
+        basic(CLIENT_SECRET).split()[1],
+        basic(ROTATED_SECRET).split()[1],
+    ):
         assert credential not in visible
 
 
@@ -204,7 +298,7 @@ def test_an_http_client_is_created_when_none_is_given():
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     provider = CrestaTokenProvider(
-        f"http://127.0.0.1:{port}", CLIENT_ID, CLIENT_SECRET, max_retries=0
+        f"http://127.0.0.1:{port}", StaticCredentials(CLIENT_ID, CLIENT_SECRET), max_retries=0
     )
     with pytest.raises(CrestaAuthError, match="ConnectError"):
         provider.token()
