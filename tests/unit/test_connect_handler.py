@@ -1,5 +1,8 @@
 """Connect-side Lambda handlers against stubbed boto3 clients: the exact AWS requests.
 
+Contact events are built as the Connect admin guide's contact events data model shows
+them (*contact-events*: ``detail.eventType``, ``contactId``, ``agentInfo.agentArn``, …).
+
 The expected records are written out field by field from the Connect event (not produced
 by the code under test) and serialised the way DESIGN §4's JSON records are on the wire:
 compact separators, sorted keys.
@@ -12,6 +15,7 @@ import types
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from connectors.connect import handler as handler_module
@@ -21,12 +25,15 @@ from pipeline.records import ContactEvent, ContactWork
 
 STREAM = "contact-events-test"
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/connector-work-test"
+FIFO_QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/connector-work-test.fifo"
 NOW_S = 1726677690.5  # exactly representable: now_ms is 1726677690500
 NOW_MS = 1726677690500
 
 CONTACT = "d111f871-5fe7-40b1-b5f7-6b67060de0c2"
 INSTANCE = "d5b716a2-2f4b-4c3e-9a0f-1b2c3d4e5f60"
 INSTANCE_ARN = f"arn:aws:connect:us-east-1:123456789012:instance/{INSTANCE}"
+AGENT = "7c1e5b2a-0000-4000-8000-00000000a9e7"
+AGENT_ARN = f"{INSTANCE_ARN}/agent/{AGENT}"
 STREAM_ARN = "arn:aws:kinesisvideo:us-east-1:123456789012:stream/connect-live-contact-pool-3/1726600000000"
 FRAGMENT = "91343852333181432392682062622220590765191907586"
 
@@ -90,7 +97,7 @@ EXPECTED_WORK = {
 }
 
 
-def contact_event(event_type: str) -> dict:
+def contact_event(event_type: str, **detail) -> dict:
     return {
         "version": "0",
         "id": "5e9b8c4a-0000-4000-8000-0000000000ee",
@@ -106,6 +113,7 @@ def contact_event(event_type: str) -> dict:
             "channel": "VOICE",
             "instanceArn": INSTANCE_ARN,
             "initiationMethod": "INBOUND",
+            **detail,
         },
     }
 
@@ -261,7 +269,7 @@ def test_event_handler_puts_ended_for_disconnected(kinesis):
     }
 
 
-@pytest.mark.parametrize("event_type", ["INITIATED", "CONNECTED_TO_AGENT", "QUEUED"])
+@pytest.mark.parametrize("event_type", ["INITIATED", "QUEUED", "CONTACT_DATA_UPDATED", "COMPLETED", "A_NEW_TYPE"])
 def test_event_handler_ignores_other_event_types_without_any_aws_call(kinesis, event_type):
     assert contact_event_handler(contact_event(event_type), None, kinesis=kinesis[0]) == {"status": "IGNORED"}
 
@@ -312,3 +320,134 @@ def test_event_handler_raises_for_a_retry_when_the_mark_fails_and_sends_no_ended
                 contact_event("DISCONNECTED"), None, kinesis=kinesis_client,
                 checkpoints=DynamoDbCheckpointStore(dynamodb, "checkpoints-test"),
             )
+
+
+# --- repeated invocations and the FIFO work queue ---------------------------------------
+
+
+def test_flow_handler_gives_a_fifo_work_item_the_contact_as_group_and_deduplication_id(kinesis, sqs, monkeypatch):
+    monkeypatch.setenv("CONNECTOR_QUEUE_URL", FIFO_QUEUE_URL)
+    kinesis_client, kinesis_stub = kinesis
+    sqs_client, sqs_stub = sqs
+    expected_send = {
+        "QueueUrl": FIFO_QUEUE_URL,
+        "MessageBody": wire(EXPECTED_WORK),
+        "MessageGroupId": CONTACT,
+        "MessageDeduplicationId": CONTACT,
+    }
+    # Connect invokes twice (a retry): both requests are identical, so SQS's deduplication
+    # keeps one message, and the group keeps any later repeat behind the first reader.
+    for _ in range(2):
+        sqs_stub.add_response("send_message", SEND_MESSAGE_OK, expected_send)
+        kinesis_stub.add_response(
+            "put_record",
+            PUT_RECORD_OK,
+            {"StreamName": STREAM, "Data": wire(EXPECTED_STARTED).encode(), "PartitionKey": CONTACT},
+        )
+    results = [contact_flow_handler(flow_event(), None, kinesis=kinesis_client, sqs=sqs_client) for _ in range(2)]
+    assert results == [{"status": "OK", "contactId": CONTACT}] * 2
+
+
+@pytest.mark.parametrize("channel", ["CHAT", "TASK"])
+def test_flow_handler_rejects_a_contact_that_is_not_a_voice_call(kinesis, sqs, channel):
+    event = flow_event()
+    event["Details"]["ContactData"]["Channel"] = channel
+    result = contact_flow_handler(event, None, kinesis=kinesis[0], sqs=sqs[0])
+    assert result["status"] == "ERROR" and result["reason"] == "malformed_connect_event"
+    assert "voice only" in result["message"]
+
+
+def test_flow_handler_rejects_a_contact_id_too_long_for_a_work_item(kinesis, sqs):
+    event = flow_event()
+    event["Details"]["ContactData"]["ContactId"] = "c" * 129
+    result = contact_flow_handler(event, None, kinesis=kinesis[0], sqs=sqs[0])
+    assert result["status"] == "ERROR" and "ContactId" in result["message"]
+
+
+def test_flow_handler_answers_a_non_object_event_with_an_error(kinesis, sqs):
+    result = contact_flow_handler(["not", "an", "event"], None, kinesis=kinesis[0], sqs=sqs[0])
+    assert result["status"] == "ERROR" and result["reason"] == "malformed_connect_event"
+
+
+# --- contact events other than DISCONNECTED -------------------------------------------
+
+
+def expected_attributes_updated(**fields) -> dict:
+    return {
+        "schema": "contact-event/1",
+        "type": "ATTRIBUTES_UPDATED",
+        "contact_id": CONTACT,
+        "instance_id": INSTANCE,
+        "event_time_ms": NOW_MS,
+        "stream_arn": "",
+        "start_fragment_number": "",
+        "start_timestamp_ms": 0,
+        "attributes": {},
+        "agent_id": AGENT,
+        "queue_name": "",
+        "initiation_method": "INBOUND",
+        "previous_contact_id": "",
+        **fields,
+    }
+
+
+def test_event_handler_puts_the_agent_of_a_contact_connected_to_an_agent(kinesis):
+    kinesis_client, kinesis_stub = kinesis
+    kinesis_stub.add_response(
+        "put_record",
+        PUT_RECORD_OK,
+        {"StreamName": STREAM, "Data": wire(expected_attributes_updated()).encode(), "PartitionKey": CONTACT},
+    )
+    event = contact_event(
+        "CONNECTED_TO_AGENT",
+        agentInfo={"agentArn": AGENT_ARN, "connectedToAgentTimestamp": "2024-09-18T16:44:10.000Z"},
+        queueInfo={"queueArn": f"{INSTANCE_ARN}/queue/q-1", "queueType": "STANDARD"},
+    )
+    # No checkpoint store call either: only DISCONNECTED marks a contact ended.
+    dynamodb = make_client("dynamodb")
+    with Stubber(dynamodb):
+        result = contact_event_handler(
+            event, None, kinesis=kinesis_client, checkpoints=DynamoDbCheckpointStore(dynamodb, "checkpoints-test")
+        )
+    assert result == {"status": "OK", "contactId": CONTACT}
+
+
+def test_event_handler_links_a_transferred_contact_to_its_previous_contact(kinesis):
+    kinesis_client, kinesis_stub = kinesis
+    previous = "0a1b2c3d-0000-4000-8000-00000000000a"
+    expected = expected_attributes_updated(initiation_method="TRANSFER", previous_contact_id=previous)
+    kinesis_stub.add_response(
+        "put_record",
+        PUT_RECORD_OK,
+        {"StreamName": STREAM, "Data": wire(expected).encode(), "PartitionKey": CONTACT},
+    )
+    event = contact_event(
+        "CONNECTED_TO_AGENT",
+        initiationMethod="TRANSFER",
+        initialContactId=previous,
+        previousContactId=previous,
+        agentInfo={"agentArn": AGENT_ARN},
+    )
+    assert contact_event_handler(event, None, kinesis=kinesis_client) == {"status": "OK", "contactId": CONTACT}
+
+
+@pytest.mark.parametrize(
+    "agent_info",
+    [None, {}, {"agentArn": ""}, {"agentArn": INSTANCE_ARN}, "not-an-object"],
+    ids=["missing", "empty", "empty-arn", "not-an-agent-arn", "not-an-object"],
+)
+def test_event_handler_rejects_an_agent_event_without_an_agent_and_sends_nothing(kinesis, agent_info):
+    event = contact_event("CONNECTED_TO_AGENT")
+    if agent_info is not None:
+        event["detail"]["agentInfo"] = agent_info
+    result = contact_event_handler(event, None, kinesis=kinesis[0])
+    assert result["status"] == "ERROR" and "agentInfo.agentArn" in result["message"]
+
+
+def test_event_handler_raises_for_a_retry_when_the_put_fails(kinesis):
+    kinesis_client, kinesis_stub = kinesis
+    kinesis_stub.add_client_error("put_record", service_error_code="InternalFailure", http_status_code=500)
+    with pytest.raises(ClientError):
+        contact_event_handler(
+            contact_event("CONNECTED_TO_AGENT", agentInfo={"agentArn": AGENT_ARN}), None, kinesis=kinesis_client
+        )
