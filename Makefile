@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 JAR := deploy/flink/target/cresta-pipeline-flink-deps.jar
+# Flink plugins for local runs (the S3 file system), built with the jar: see deploy/flink/pom.xml.
+PLUGINS := deploy/flink/target/plugins
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
@@ -32,6 +34,7 @@ jar: $(JAR)
 $(JAR): deploy/flink/pom.xml $(shell find deploy/flink/src -name '*.java' 2>/dev/null)
 	cd deploy/flink && mvn --batch-mode --quiet package
 	test -f $(JAR)
+	ls $(PLUGINS)/s3-fs-hadoop/flink-s3-fs-hadoop-*.jar > /dev/null
 
 clean:
 	rm -rf $(VENV) deploy/flink/target

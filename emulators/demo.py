@@ -18,9 +18,15 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 from connectors.connect.handler import contact_event_handler, contact_flow_handler
 from connectors.kinesis.reader import read_all_records
@@ -39,6 +45,9 @@ DEMO_MAX_IDLE_S = 4.0
 DEMO_VISIBILITY_TIMEOUT_S = 5
 #: How long the kill may wait beyond its time for worker 0 to hold every call.
 WORK_ITEM_WAIT_S = 30.0
+#: How long the injected job failure may wait beyond its time for every call's first
+#: committed audit rows.
+COMMITTED_ROWS_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,9 @@ class DemoOptions:
     as_json: bool
     connector_workers: int
     kill_connector_after_s: float | None
+    #: None: ``DIR/audit`` as a file:// URI.
+    audit_uri: str | None
+    fail_job_after_s: float | None
 
 
 def parse_args(argv: list[str] | None) -> DemoOptions:
@@ -82,6 +94,20 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
             "call); the others resume its contacts from their checkpoints"
         ),
     )
+    parser.add_argument(
+        "--audit-uri", metavar="URI",
+        help=(
+            "where the job writes the audit trail: file:///PATH or s3://BUCKET/PREFIX on the local stack's "
+            "S3 (default: DIR/audit)"
+        ),
+    )
+    parser.add_argument(
+        "--fail-job-after-seconds", type=float, default=None, metavar="S",
+        help=(
+            "make one task of the Flink job fail S seconds into the calls (later if not every call has "
+            "audit rows committed yet); the job restarts from its last checkpoint"
+        ),
+    )
     args = parser.parse_args(argv)
     if args.calls < 1 or args.call_seconds <= 0:
         parser.error("--calls must be >= 1 and --call-seconds > 0")
@@ -91,6 +117,13 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
         parser.error("--connector-workers must be >= 1")
     if args.kill_connector_after_seconds is not None and args.connector_workers < 2:
         parser.error("--kill-connector-after-seconds needs --connector-workers of 2 or more")
+    if args.audit_uri is not None:
+        uri = urlsplit(args.audit_uri)
+        if uri.scheme not in ("file", "s3") or (uri.scheme == "s3" and not (uri.netloc and uri.path.strip("/"))):
+            parser.error("--audit-uri must be file:///PATH or s3://BUCKET/PREFIX")
+    if args.fail_job_after_seconds is not None and not 0 < args.fail_job_after_seconds < args.call_seconds:
+        # The failure strikes on the next record the job reads, so it needs calls in progress.
+        parser.error("--fail-job-after-seconds must be within the calls (0 < S < --call-seconds)")
     return DemoOptions(
         calls=args.calls,
         call_seconds=args.call_seconds,
@@ -102,6 +135,8 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
         as_json=args.json,
         connector_workers=args.connector_workers,
         kill_connector_after_s=args.kill_connector_after_seconds,
+        audit_uri=args.audit_uri,
+        fail_job_after_s=args.fail_job_after_seconds,
     )
 
 
@@ -177,6 +212,7 @@ def start_job(stack: LocalStack, env: dict[str, str], logs: Path, **overrides: o
         overrides={
             "aws.endpoint_url": stack.endpoint_url,
             "aws.region": REGION,
+            "s3.path_style_access": True,
             "job.ready_file": str(ready_file),
             **overrides,
         },
@@ -206,15 +242,44 @@ def start_connector_workers(stack: LocalStack, count: int, env: dict[str, str], 
     return [ChildProcess(argv, env, logs / f"connector-{i}.log") for i in range(count)]
 
 
+@dataclass(frozen=True)
+class AuditTrail:
+    """The audit trail the job writes, read back from where it lives (a folder, or S3)."""
+
+    uri: str
+    filesystem: pafs.FileSystem
+    #: A local path, or ``bucket/prefix`` on S3.
+    root: str
+
+    @classmethod
+    def at(cls, uri: str, stack: LocalStack) -> "AuditTrail":
+        parts = urlsplit(uri)
+        if parts.scheme == "s3":
+            return cls(uri, stack.s3_filesystem(), parts.netloc + parts.path.rstrip("/"))
+        return cls(uri, pafs.LocalFileSystem(), url2pathname(parts.path))
+
+    def read(self) -> pa.Table | None:
+        return read_audit(self.root, self.filesystem)
+
+    def contacts(self) -> set[str]:
+        table = self.read()
+        return set(table["contact_id"].to_pylist()) if table is not None else set()
+
+
 def run_demo(options: DemoOptions) -> DemoReport:
     out = options.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    audit_dir = out / "audit"
-    settings = StackSettings(kvs_pool_size=options.calls)
+    audit_uri = options.audit_uri or (out / "audit").as_uri()
+    bucket = urlsplit(audit_uri).netloc if audit_uri.startswith("s3://") else StackSettings.audit_bucket
+    settings = StackSettings(kvs_pool_size=options.calls, audit_bucket=bucket)
+    fail_file = out / "logs" / "job.fail-once"
+    fail_file.unlink(missing_ok=True)
     killed_at: float | None = None
+    failed_at: float | None = None
     with LocalStack(settings) as stack:
         stack.apply_environment()
         env = stack.process_environment()
+        trail = AuditTrail.at(audit_uri, stack)
         progress(options, "starting the Flink job (local minicluster)…")
         job = start_job(
             stack,
@@ -222,9 +287,10 @@ def run_demo(options: DemoOptions) -> DemoReport:
             out / "logs",
             **{
                 "assembler.chunk_ms": options.chunk_ms,
-                "audit.path": audit_dir.as_uri(),
+                "audit.path": audit_uri,
                 "audit.include_audio": options.audit_audio,
                 "flink.parallelism": options.parallelism,
+                "job.fail_once_file": str(fail_file) if options.fail_job_after_s is not None else "",
             },
         )
         workers: list[ChildProcess] = []
@@ -236,16 +302,34 @@ def run_demo(options: DemoOptions) -> DemoReport:
                 f"job running, {len(workers)} connector worker(s); "
                 f"playing {options.calls} call(s) of {options.call_seconds:g} s…",
             )
-            if options.kill_connector_after_s is None:
-                for worker in workers:
-                    worker.start()
-                calls = play_calls(stack, options)
-            else:
-                calls = play_calls_and_kill_a_worker(stack, options, workers)
+            simulator, calls = new_calls(stack, options)
+            with ExitStack() as faults:
+                if options.kill_connector_after_s is None:
+                    for worker in workers:
+                        worker.start()
+                else:
+                    faults.enter_context(kill_a_worker_mid_call(stack, options, workers))
+                failure = (
+                    faults.enter_context(fail_the_job_mid_call(options, calls, trail, fail_file))
+                    if options.fail_job_after_s is not None
+                    else None
+                )
+                play_calls(simulator, calls)
+            if options.kill_connector_after_s is not None:
                 killed_at = options.kill_connector_after_s
                 progress(options, f"connector worker 0 was killed at {killed_at:g} s; the others resumed its contacts")
+            if failure is not None:
+                if failure.at_s is None:
+                    raise RuntimeError(
+                        f"no job failure injected: not every call had audit rows committed within "
+                        f"{COMMITTED_ROWS_WAIT_S:g} s of --fail-job-after-seconds"
+                    )
+                failed_at = failure.at_s
+                progress(options, f"a task of the job failed at {failed_at:g} s; Flink restarts from its last checkpoint")
             progress(options, "calls ended; waiting for the audit trail to hold every contact…")
-            wait_for_audit(audit_dir, calls, timeout_s=120 + options.call_seconds, job=job)
+            wait_for_audit(trail, calls, timeout_s=120 + options.call_seconds, job=job)
+            if fail_file.exists():
+                raise RuntimeError("the injected job failure never happened: no record reached the job after it")
         finally:
             for worker in workers:
                 worker.stop()
@@ -253,14 +337,23 @@ def run_demo(options: DemoOptions) -> DemoReport:
         received = stack.cresta.calls()
         stack.cresta.write_wavs(out / "cresta")
         frames_read = count_frame_records(stack)
+        audit = trail.read()
+        if trail.uri.startswith("s3://"):
+            # moto's S3 ends with the demo: keep a copy of the committed objects.
+            pafs.copy_files(
+                trail.root, str(out / "audit"),
+                source_filesystem=trail.filesystem, destination_filesystem=pafs.LocalFileSystem(),
+            )
     write_source_wavs(out / "source", calls)
     report = build_report(
         calls=calls,
-        audit=read_audit(audit_dir),
+        audit=audit,
         cresta_calls=received,
         chunk_ms=options.chunk_ms,
         frames_read=frames_read,
+        job_failed_at_s=failed_at,
     )
+    report.summary["audit_uri"] = audit_uri
     report.summary["connector_workers"] = options.connector_workers
     report.summary["connector_killed_at_s"] = killed_at
     (out / "summary.json").write_text(json.dumps(report.summary, indent=2))
@@ -288,9 +381,8 @@ def send_warm_up_event(stack: LocalStack) -> None:
     )
 
 
-def play_calls_and_kill_a_worker(
-    stack: LocalStack, options: DemoOptions, workers: list[ChildProcess]
-) -> list[SimulatedCall]:
+@contextmanager
+def kill_a_worker_mid_call(stack: LocalStack, options: DemoOptions, workers: list[ChildProcess]) -> Iterator[None]:
     """Worker 0 takes every call first, then is SIGKILLed mid-call; the others resume.
 
     The other workers join only once worker 0 holds all the work items, and the kill
@@ -317,12 +409,51 @@ def play_calls_and_kill_a_worker(
     killer = threading.Thread(target=kill_worker_0_mid_call, name="kill-connector")
     killer.start()
     try:
-        return play_calls(stack, options)
+        yield
     finally:
         killer.join()
 
 
-def play_calls(stack: LocalStack, options: DemoOptions) -> list[SimulatedCall]:
+@dataclass
+class JobFailure:
+    #: Seconds into the calls when the failure was asked for; None: it was not.
+    at_s: float | None = None
+
+
+@contextmanager
+def fail_the_job_mid_call(
+    options: DemoOptions, calls: list[SimulatedCall], trail: AuditTrail, fail_file: Path
+) -> Iterator[JobFailure]:
+    """One task of the job fails mid-call; Flink restarts the job from its last checkpoint.
+
+    The job's assembler fails on the first record it reads once ``fail_file`` exists
+    (``job.fail_once_file``) and removes the file first, so it fails once. The file is
+    created only once every call has audit rows committed: each contact then has state in
+    a completed checkpoint, and a restart that did not restore it would duplicate rows.
+    """
+    failure = JobFailure()
+    contact_ids = {call.contact_id for call in calls}
+    started = time.monotonic()
+
+    def fail_mid_call() -> None:
+        time.sleep(options.fail_job_after_s)
+        deadline = time.monotonic() + COMMITTED_ROWS_WAIT_S
+        while not contact_ids <= trail.contacts():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+        fail_file.touch()
+        failure.at_s = round(time.monotonic() - started, 1)
+
+    failer = threading.Thread(target=fail_mid_call, name="fail-job")
+    failer.start()
+    try:
+        yield failure
+    finally:
+        failer.join()
+
+
+def new_calls(stack: LocalStack, options: DemoOptions) -> tuple[ConnectCallSimulator, list[SimulatedCall]]:
     simulator = ConnectCallSimulator(
         stack.kvs.endpoint_url,
         contact_flow_handler=contact_flow_handler,
@@ -333,16 +464,21 @@ def play_calls(stack: LocalStack, options: DemoOptions) -> list[SimulatedCall]:
         simulator.new_call(stack.kvs_stream_arns[i], options.call_seconds, seed=i)
         for i in range(options.calls)
     ]
-    with ThreadPoolExecutor(max_workers=options.calls, thread_name_prefix="call") as pool:
-        return list(pool.map(simulator.play, calls))
+    return simulator, calls
 
 
-def wait_for_audit(audit_dir: Path, calls: list[SimulatedCall], timeout_s: float, job: JobProcess) -> None:
+def play_calls(simulator: ConnectCallSimulator, calls: list[SimulatedCall]) -> None:
+    """Plays the calls concurrently, in real time; each records its fragments' write times."""
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="call") as pool:
+        list(pool.map(simulator.play, calls))
+
+
+def wait_for_audit(trail: AuditTrail, calls: list[SimulatedCall], timeout_s: float, job: JobProcess) -> None:
     """Until each contact's final chunk of each track is committed to the audit trail."""
     wanted = {(call.contact_id, track.label) for call in calls for track in Track}
     deadline = time.monotonic() + timeout_s
     while True:
-        table = read_audit(audit_dir)
+        table = trail.read()
         done = set()
         if table is not None:
             finals = table.filter(table["final"]).select(["contact_id", "track"]).to_pylist()

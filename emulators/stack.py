@@ -2,8 +2,8 @@
 
 Everything listens on loopback only. The same resource names are used as in production
 (DESIGN §2), so code under test cannot tell the stack from AWS except by endpoint. The
-connector's work queue has a dead-letter queue (RedrivePolicy) and the connector's
-checkpoint table exists, as the deployment has them.
+connector's work queue has a dead-letter queue (RedrivePolicy), the connector's
+checkpoint table and the audit bucket exist, as the deployment has them.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import httpx
+import pyarrow.fs as pafs
 from moto.server import ThreadedMotoServer
 
 from connectors.kvs.checkpoints import create_table as create_checkpoint_table
@@ -48,6 +50,8 @@ class StackSettings:
     max_receive_count: int = 3
     #: DynamoDB table of the connector's contact checkpoints; empty: none.
     checkpoint_table: str = "connector-checkpoints"
+    #: S3 bucket for an audit trail on s3:// (moto's S3, path-style); empty: none.
+    audit_bucket: str = "audit-trail"
     cresta_client_id: str = "demo-client"
     cresta_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     cresta_media_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
@@ -90,6 +94,8 @@ class LocalStack:
         self.queue_url = self._create_work_queue()
         if s.checkpoint_table:
             create_checkpoint_table(self.client("dynamodb"), s.checkpoint_table)
+        if s.audit_bucket:
+            self.client("s3").create_bucket(Bucket=s.audit_bucket)
         kvs = self.client("kinesisvideo")
         self.kvs_stream_arns = [
             kvs.create_stream(StreamName=f"{s.kvs_stream_prefix}-{i}", MediaType="audio/L16")["StreamARN"]
@@ -136,6 +142,17 @@ class LocalStack:
             region_name=REGION,
             aws_access_key_id=ACCESS_KEY_ID,
             aws_secret_access_key=SECRET_ACCESS_KEY,
+        )
+
+    def s3_filesystem(self) -> pafs.S3FileSystem:
+        """moto's S3 for pyarrow: paths are ``bucket/key``."""
+        endpoint = urlsplit(self.endpoint_url)
+        return pafs.S3FileSystem(
+            access_key=ACCESS_KEY_ID,
+            secret_key=SECRET_ACCESS_KEY,
+            region=REGION,
+            endpoint_override=endpoint.netloc,
+            scheme=endpoint.scheme,
         )
 
     def aws_environment(self) -> dict[str, str]:

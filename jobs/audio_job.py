@@ -24,7 +24,9 @@ from pyflink.datastream.connectors.file_system import (
     RollingPolicy,
 )
 from pyflink.datastream.formats.parquet import ParquetBulkWriters
+from pyflink.java_gateway import get_gateway
 from pyflink.table import DataTypes
+from pyflink.util.java_utils import is_instance_of
 
 from connectors.kinesis.flink_source import raw_bytes_consumer
 from jobs.functions import AUDIO, ERRORS, EVENT, ContactAssemblerFunction, CrestaDeliveryFunction, RecordDecoder
@@ -35,6 +37,11 @@ log = logging.getLogger("jobs.audio_job")
 
 JOB_NAME = "cresta-contact-audio"
 DEFAULT_JAR = Path(__file__).resolve().parents[1] / "deploy/flink/target/cresta-pipeline-flink-deps.jar"
+#: Where the Maven build puts Flink plugins for local runs: s3-fs-hadoop/flink-s3-fs-hadoop-*.jar.
+DEFAULT_PLUGINS_DIR = DEFAULT_JAR.parent / "plugins"
+S3_SCHEMES = ("s3://", "s3a://")
+#: What ``get_execution_environment`` returns outside a cluster: a local minicluster.
+LOCAL_ENVIRONMENT_CLASS = "org.apache.flink.streaming.api.environment.LocalStreamEnvironment"
 
 _FLINK_TYPES = {
     ColumnKind.STRING: (Types.STRING, DataTypes.STRING),
@@ -118,6 +125,11 @@ def flink_configuration(config: PipelineConfig) -> Configuration:
     conf.set_string("pipeline.jars", jar if "://" in jar else Path(jar).resolve().as_uri())
     conf.set_string("python.fn-execution.bundle.time", str(config["flink.bundle_time_ms"]))
     conf.set_string("python.fn-execution.bundle.size", str(config["flink.bundle_size"]))
+    # A failed task restarts the job from its last completed checkpoint: Kinesis positions,
+    # the assemblers' state and the FileSink's pending files come back together.
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(config["flink.restart_attempts"]))
+    conf.set_string("restart-strategy.fixed-delay.delay", f"{config['flink.restart_delay_ms']} ms")
     if config["aws.endpoint_url"]:
         # Local runs: Python workers must use this interpreter (the venv), not `python` on PATH.
         conf.set_string("python.executable", sys.executable)
@@ -135,7 +147,41 @@ def create_environment(config: PipelineConfig) -> StreamExecutionEnvironment:
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(config))
     env.set_parallelism(config["flink.parallelism"])
     env.enable_checkpointing(config["flink.checkpoint_interval_ms"], CheckpointingMode.EXACTLY_ONCE)
+    if is_instance_of(env._j_stream_execution_environment, LOCAL_ENVIRONMENT_CLASS):
+        initialize_local_s3(config)
     return env
+
+
+def initialize_local_s3(config: PipelineConfig) -> None:
+    """Loads the S3 file system plugin into a local minicluster, configured from ``config``.
+
+    A Flink cluster loads file systems from its plugins folder at start, configured from
+    its own configuration. A local PyFlink minicluster does neither: nothing calls
+    ``FileSystem.initialize``, and the first ``FileSystem.get`` initialises it without
+    plugins or settings (PyFlink also points ``FLINK_PLUGINS_DIR`` at its own folder).
+    So the job does it, in the gateway JVM the minicluster runs in, before the job is
+    built. Credentials are not configured: S3A's default chain reads them from the
+    environment. Managed Flink brings its own S3 file system; this runs only locally.
+    """
+    if not any(path.startswith(S3_SCHEMES) for path in (config["audit.path"], errors_path(config))):
+        return
+    plugins = Path(config["flink.plugins_dir"] or DEFAULT_PLUGINS_DIR)
+    if not any(plugins.glob("*/flink-s3-fs-hadoop-*.jar")):
+        raise ConfigError(f"no S3 file system plugin in {plugins}/*/ (`make -B jar` builds it)")
+    settings = Configuration()
+    if config["aws.endpoint_url"]:
+        settings.set_string("s3.endpoint", config["aws.endpoint_url"])
+    settings.set_string("s3.path.style.access", str(config["s3.path_style_access"]).lower())
+    jvm = get_gateway().jvm
+    j_settings = settings._j_configuration
+    descriptors = jvm.org.apache.flink.core.plugin.DirectoryBasedPluginFinder(
+        jvm.java.io.File(str(plugins.resolve())).toPath()
+    ).findPlugins()
+    plugin_manager = jvm.org.apache.flink.core.plugin.DefaultPluginManager(
+        descriptors, jvm.org.apache.flink.configuration.CoreOptions.getPluginParentFirstLoaderPatterns(j_settings)
+    )
+    jvm.org.apache.flink.core.fs.FileSystem.initialize(j_settings, plugin_manager)
+    log.info("S3 file system loaded from %s (endpoint %s)", plugins, config["aws.endpoint_url"] or "AWS")
 
 
 def run(config: PipelineConfig) -> None:
@@ -173,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Building the job imports Beam, which sets the root logger to WARNING: keep ours at INFO.
+    logging.getLogger("jobs").setLevel(logging.INFO)
     try:
         config = load_config(args.config, overrides=parse_overrides(args.set))
         run(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +50,19 @@ def _decode_event(data: bytes) -> list[tuple[str, str, object]]:
     return [(EVENT, event.contact_id, event)]
 
 
+class InjectedFailure(RuntimeError):
+    """A task failure asked for by ``job.fail_once_file``, to exercise restarts."""
+
+
+def _claim(path: str) -> bool:
+    """Removes ``path``; True for the one caller (of all subtasks and attempts) that did."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class RecordDecoder(ProcessFunction):
     """Raw Kinesis records → tagged records; undecodable ones go to the error output."""
 
@@ -84,6 +98,7 @@ class ContactAssemblerFunction(KeyedProcessFunction):
             "state_grace_ms": config["assembler.state_grace_ms"],
         }
         self.ready_file = config["job.ready_file"]
+        self.fail_once_file = config["job.fail_once_file"]
         self.state = None
         self.timer_state = None
 
@@ -98,6 +113,8 @@ class ContactAssemblerFunction(KeyedProcessFunction):
             Path(self.ready_file).touch()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        if self.fail_once_file and _claim(self.fail_once_file):
+            raise InjectedFailure(f"task failure injected through {self.fail_once_file} (job.fail_once_file)")
         tag, contact_id, record = value
         assembler = self.state.value() or ContactAudioAssembler(contact_id, **self.assembler_options)
         now = _now_ms()

@@ -99,12 +99,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cresta.auth_url", "", str, "Cresta OAuth domain, e.g. https://auth.us-west-2-prod.cresta.ai"),
     Setting("cresta.media_token", "", str, "per-customer token sent as the Token custom parameter"),
     Setting(
+        "cresta.protocol", "media_streams", str, "stream protocol: media_streams | l16",
+        lambda v: v in ("media_streams", "l16"), "media_streams or l16",
+    ),
+    Setting(
+        "cresta.oauth_secret_arn", "", str,
+        "Secrets Manager secret with oauthClientId/oauthClientSecret; empty: CRESTA_CLIENT_ID/SECRET env",
+    ),
+    Setting(
+        "cresta.buffer_ms", 5000, int, "per-contact audio buffered while Cresta is away",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
+        "cresta.close_grace_ms", 5000, int, "how long a closing contact waits for its queued chunks",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
         "cresta.attribute_allowlist", "", str,
         "comma-separated contact attributes sent to Cresta (others stay in the account)",
     ),
     Setting("audit.path", "", str, "audit trail root: file:///… or s3://bucket/prefix"),
     Setting("audit.include_audio", False, _bool, "add the pcm column (PII: off by default)"),
     Setting("errors.path", "", str, "root of the error output (JSON lines); default: errors/ beside audit.path"),
+    Setting(
+        "s3.path_style_access", False, _bool,
+        "address s3:// buckets by path, not host name (local S3 such as moto, reached at aws.endpoint_url)",
+    ),
     Setting("flink.parallelism", 1, int, "job parallelism", lambda v: v >= 1, ">= 1"),
     Setting(
         "flink.checkpoint_interval_ms", 2000, int,
@@ -118,7 +138,22 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("flink.bundle_size", 100, int, "max records per Python bundle", lambda v: v >= 1, ">= 1"),
     Setting("flink.jar", "", str, "the shaded connector jar (a path or file:// URL)"),
+    Setting(
+        "flink.plugins_dir", "", str,
+        "Flink plugins folder loaded in local runs (the S3 file system); default: deploy/flink/target/plugins",
+    ),
+    Setting(
+        "flink.restart_attempts", 3, int,
+        "restarts (fixed delay, from the last checkpoint) before a failing job gives up",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting("flink.restart_delay_ms", 2000, int, "wait before each restart", lambda v: v >= 0, ">= 0"),
     Setting("job.ready_file", "", str, "touched once the job's Python operators are up (local runs)"),
+    Setting(
+        "job.fail_once_file", "", str,
+        "testing: once this file exists, the next record fails its task; the file is removed first, so "
+        "the failure happens once across restarts",
+    ),
     Setting("connector.queue_url", "", str, "SQS queue of contacts to read (required by the worker)",
             env_aliases=("CONNECTOR_QUEUE_URL",)),
     Setting(
