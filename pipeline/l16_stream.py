@@ -54,6 +54,7 @@ from pipeline.records import Track
 from pipeline.stream_fields import (
     FieldError,
     custom_parameters_field,
+    json_object,
     object_field,
     same_types,
     string_field,
@@ -189,12 +190,9 @@ class L16Receiver:
             self._violation("message after stop")
             return []
         try:
-            message = json.loads(text)
-        except json.JSONDecodeError as exc:
-            self._violation(f"not valid JSON ({exc.msg})")
-            return []
-        if not isinstance(message, dict):
-            self._violation("message is not a JSON object")
+            message = json_object(text)
+        except FieldError as exc:
+            self._violation(str(exc))
             return []
         event = message.get("event")
         try:

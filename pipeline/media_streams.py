@@ -38,6 +38,7 @@ from pipeline.stream_fields import (
     FieldError,
     custom_parameters_field,
     decimal_field,
+    json_object,
     object_field,
     same_types,
     string_field,
@@ -339,12 +340,9 @@ class MediaStreamsReceiver:
             self._violation("message after stop")
             return []
         try:
-            message = json.loads(text)
-        except json.JSONDecodeError as exc:
-            self._violation(f"not valid JSON ({exc.msg})")
-            return []
-        if not isinstance(message, dict):
-            self._violation("message is not a JSON object")
+            message = json_object(text)
+        except FieldError as exc:
+            self._violation(str(exc))
             return []
         event_name = message.get("event")
         if not isinstance(event_name, str):

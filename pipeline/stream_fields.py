@@ -6,6 +6,7 @@ and what was found, never more than 80 characters of it.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Mapping
 
@@ -14,6 +15,17 @@ _DECIMAL = re.compile(r"[0-9]+")
 
 class FieldError(Exception):
     """A message that cannot be used at all; its text becomes a violation."""
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A text message as the JSON object every message of both protocols is."""
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FieldError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(message, dict):
+        raise FieldError("message is not a JSON object")
+    return message
 
 
 def string_field(body: Mapping[str, Any], key: str, *, prefix: str = "", non_empty: bool = False) -> str:
