@@ -371,7 +371,9 @@ class _ContactRead:
         self.published = 0
         self.connections = 0
         self.saved_state: tuple | None = None
-        self.saved_at = time.monotonic()
+        # A random phase: contacts that start together (a worker's first poll, a
+        # redelivery wave) would otherwise all checkpoint in the same moment.
+        self.saved_at = time.monotonic() - random.uniform(0, settings.checkpoint_interval_s)
         self.stream = self.new_stream()
         self.pending: list[AudioFrame] = []
         self.fragment_number = ""
