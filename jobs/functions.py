@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import astuple, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,7 @@ from pyflink.datastream.functions import FlatMapFunction
 from pyflink.datastream.state import ValueStateDescriptor
 
 from pipeline.assembler import (
+    AssemblyStats,
     AudioChunk,
     CompletenessMismatch,
     ContactAudioAssembler,
@@ -26,6 +28,25 @@ from pipeline.assembler import (
 from pipeline.audit import ColumnKind, audit_columns, audit_values
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
+from pipeline.metrics import (
+    CHUNKS_OUT,
+    DELIVERIES,
+    DELIVERY_LATENCY_P50,
+    DELIVERY_LATENCY_P99,
+    DUPLICATES_DROPPED,
+    EARLY_AUDIO_CHUNKS,
+    ERRORS as ERROR_RECORDS,
+    FRAMES_IN,
+    FRAMES_REJECTED,
+    GAP_FILLED_MS,
+    INGEST_LAG_P50,
+    INGEST_LAG_P99,
+    LATE_FRAMES_DROPPED,
+    METRIC_GROUP,
+    OVERLAP_SAMPLES_DROPPED,
+    MetricSpec,
+    RecentPercentiles,
+)
 from pipeline.records import AudioEnd, AudioFrame, ContactEvent, RecordError, decode_audio_records
 
 log = logging.getLogger(__name__)
@@ -63,6 +84,31 @@ def _claim(path: str) -> bool:
     return True
 
 
+class _JobMetrics:
+    """The catalogue's metrics on one operator's Flink metric group."""
+
+    def __init__(self, runtime_context: RuntimeContext) -> None:
+        self.group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
+        self._counters: dict[tuple[str, str, str], object] = {}
+
+    def inc(self, spec: MetricSpec, amount: int = 1, *, label: tuple[str, str] | None = None) -> None:
+        """Add to a counter; ``label`` (name, value) puts it in a subgroup, e.g. reason=…"""
+        if amount <= 0:
+            return
+        key = (spec.name, *(label or ("", "")))
+        counter = self._counters.get(key)
+        if counter is None:
+            group = self.group.add_group(*label) if label else self.group
+            counter = self._counters[key] = group.counter(spec.name)
+        counter.inc(amount)
+
+    def percentiles(self, p50: MetricSpec, p99: MetricSpec) -> RecentPercentiles:
+        recent = RecentPercentiles()
+        self.group.gauge(p50.name, lambda: recent.percentile(50))
+        self.group.gauge(p99.name, lambda: recent.percentile(99))
+        return recent
+
+
 class RecordDecoder(ProcessFunction):
     """Raw Kinesis records → tagged records; undecodable ones go to the error output."""
 
@@ -74,6 +120,10 @@ class RecordDecoder(ProcessFunction):
     def __init__(self, kind: str, source: str) -> None:
         self.kind = kind
         self.source = source
+        self.metrics = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.metrics = _JobMetrics(runtime_context)
 
     def process_element(self, value, ctx: ProcessFunction.Context):
         data = bytes(value)
@@ -81,9 +131,18 @@ class RecordDecoder(ProcessFunction):
             decoded = self.DECODERS[self.kind](data)
         except RecordError as exc:
             log.warning("invalid record on %s (%s)", self.source, exc)
+            self.metrics.inc(ERROR_RECORDS, label=("reason", exc.reason))
             yield ERRORS, PipelineError(_now_ms(), self.source, exc.reason, str(exc), raw=data).to_json()
             return
         yield from decoded
+
+
+#: The counter each ``AssemblyStats`` field feeds (same name), in field order.
+_STATS_METRICS = tuple(
+    next(spec for spec in (DUPLICATES_DROPPED, OVERLAP_SAMPLES_DROPPED, LATE_FRAMES_DROPPED, FRAMES_REJECTED)
+         if spec.name == stat.name)
+    for stat in fields(AssemblyStats)
+)
 
 
 class ContactAssemblerFunction(KeyedProcessFunction):
@@ -101,8 +160,12 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         self.fail_once_file = config["job.fail_once_file"]
         self.state = None
         self.timer_state = None
+        self.metrics = None
+        self.ingest_lag = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        self.metrics = _JobMetrics(runtime_context)
+        self.ingest_lag = self.metrics.percentiles(INGEST_LAG_P50, INGEST_LAG_P99)
         self.state = runtime_context.get_state(
             ValueStateDescriptor("contact-assembler", Types.PICKLED_BYTE_ARRAY())
         )
@@ -123,7 +186,11 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         elif isinstance(record, AudioEnd):
             outputs = assembler.on_end(record, now)
         elif isinstance(record, AudioFrame):
+            self.metrics.inc(FRAMES_IN)
+            before = astuple(assembler.stats)
             outputs = assembler.on_frame(record, now)
+            for spec, was, is_now in zip(_STATS_METRICS, before, astuple(assembler.stats)):
+                self.metrics.inc(spec, is_now - was)
         else:
             outputs = []
         yield from self._emit(assembler, outputs, ctx, now)
@@ -143,6 +210,11 @@ class ContactAssemblerFunction(KeyedProcessFunction):
             self.state.update(assembler)
             self._schedule(assembler.next_timer_ms(), ctx, now)
         for output in outputs:
+            if isinstance(output, AudioChunk):
+                self.metrics.inc(CHUNKS_OUT)
+                self.metrics.inc(GAP_FILLED_MS, output.gap_filled_ms)
+                self.metrics.inc(EARLY_AUDIO_CHUNKS, int(output.attributes_missing))
+                self.ingest_lag.add(output.assembled_at_ms - (output.start_ms + output.duration_ms))
             if isinstance(output, CompletenessMismatch):
                 yield ERRORS, self._error(
                     now, output.contact_id, "completeness_mismatch",
@@ -158,9 +230,9 @@ class ContactAssemblerFunction(KeyedProcessFunction):
             elif not isinstance(output, ContactExpired):
                 yield output
 
-    @staticmethod
-    def _error(now: int, contact_id: str, reason: str, message: str) -> str:
+    def _error(self, now: int, contact_id: str, reason: str, message: str) -> str:
         log.error("contact %s: %s: %s", contact_id, reason, message)
+        self.metrics.inc(ERROR_RECORDS, label=("reason", reason))
         return PipelineError(now, "assembler", reason, message, contact_id=contact_id).to_json()
 
     def _schedule(self, deadline: int | None, ctx, now: int) -> None:
@@ -178,10 +250,14 @@ class CrestaDeliveryFunction(FlatMapFunction):
         self.config = config
         self.include_audio = config["audit.include_audio"]
         self.delivery = None
+        self.metrics = None
+        self.latency = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         from connectors.cresta.delivery import CrestaDelivery
 
+        self.metrics = _JobMetrics(runtime_context)
+        self.latency = self.metrics.percentiles(DELIVERY_LATENCY_P50, DELIVERY_LATENCY_P99)
         self.delivery = CrestaDelivery.from_config(self.config)
 
     def close(self) -> None:
@@ -194,6 +270,8 @@ class CrestaDeliveryFunction(FlatMapFunction):
             return
         if isinstance(value, AudioChunk):
             receipt = self.delivery.deliver(value)
+            self.metrics.inc(DELIVERIES, label=("status", receipt.status.value))
+            self.latency.add(receipt.latency_ms)
             yield audit_row(audit_values(value, receipt, self.include_audio), self.include_audio)
 
 
