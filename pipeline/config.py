@@ -13,6 +13,7 @@ validated; an error names the bad key.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -209,6 +210,20 @@ class PipelineConfig(Mapping[str, Any]):
             group, name = key.split(".", 1)
             groups.setdefault(group, {})[name] = str(value).lower() if isinstance(value, bool) else str(value)
         return [{"PropertyGroupId": g, "PropertyMap": m} for g, m in groups.items()]
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, flags: Mapping[str, str]) -> None:
+    """One option per ``flag → setting key``, its help taken from the setting."""
+    for flag, key in flags.items():
+        setting = SETTING_BY_KEY[key]
+        parser.add_argument(flag, dest=key, metavar="VALUE",
+                            help=f"{setting.doc} [{key}; env {', '.join(setting.env_names)}; "
+                                 f"default {setting.default!r}]")
+
+
+def flag_overrides(args: argparse.Namespace, flags: Mapping[str, str]) -> dict[str, Any]:
+    """The settings given on the command line, for ``load_config(overrides=…)``."""
+    return {key: getattr(args, key) for key in flags.values() if getattr(args, key) is not None}
 
 
 def errors_path(config: Mapping[str, Any]) -> str:

@@ -22,7 +22,7 @@ import boto3
 
 from connectors.kvs.media import KvsMediaSource, MediaSourceError
 from pipeline.audio import write_wav_pcm16
-from pipeline.config import SETTING_BY_KEY, ConfigError, load_config
+from pipeline.config import ConfigError, add_setting_flags, flag_overrides, load_config
 from pipeline.kvs_fragments import (
     ContactAudio,
     ContactAudioCollector,
@@ -86,10 +86,7 @@ def _argument_parser() -> argparse.ArgumentParser:
                       "reading ends when the response ends (about 3 s after the newest fragment)")
     live.add_argument("--start-fragment", metavar="N", help="start with the fragment AFTER fragment "
                       "number N (StartSelector FRAGMENT_NUMBER); default: the oldest fragment (EARLIEST)")
-    for flag, key in _LIVE_FLAGS.items():
-        setting = SETTING_BY_KEY[key]
-        live.add_argument(flag, dest=key, metavar="VALUE",
-                          help=f"{setting.doc} (default: ${', $'.join(setting.env_names)}, {setting.default!r})")
+    add_setting_flags(live, _LIVE_FLAGS)
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -149,8 +146,7 @@ def _read_file(path: str) -> Iterator[bytes]:
 
 def _get_media(args: argparse.Namespace) -> Iterator[bytes]:
     try:
-        config = load_config(overrides={key: getattr(args, key) for key in _LIVE_FLAGS.values()
-                                        if getattr(args, key) is not None})
+        config = load_config(overrides=flag_overrides(args, _LIVE_FLAGS))
     except ConfigError as exc:
         raise SourceError(str(exc)) from None
     session = boto3.session.Session(region_name=config["aws.region"])

@@ -107,7 +107,7 @@ from connectors.kvs.checkpoints import (
     StaleCheckpointError,
 )
 from connectors.kvs.media import KvsMediaSource, MediaSource, MediaSourceError
-from pipeline.config import SETTING_BY_KEY, load_config
+from pipeline.config import add_setting_flags, flag_overrides, load_config
 from pipeline.connect_stream import (
     TAG_CONTINUATION_TOKEN,
     TAG_FRAGMENT_NUMBER,
@@ -973,18 +973,18 @@ class ConnectorWorker:
 
 
 #: ``connector run`` flags and the settings they override.
-_FLAGS = (
-    ("--region", "aws.region"),
-    ("--endpoint-url", "aws.endpoint_url"),
-    ("--queue-url", "connector.queue_url"),
-    ("--frames-stream", "kinesis.audio_frames_stream"),
-    ("--checkpoint-table", "connector.checkpoint_table"),
-    ("--kvs-media-endpoint", "connector.kvs_media_endpoint"),
-    ("--max-idle-s", "connector.max_idle_s"),
-    ("--checkpoint-interval-s", "connector.checkpoint_interval_s"),
-    ("--visibility-timeout-s", "connector.visibility_timeout_s"),
-    ("--max-concurrent-contacts", "connector.max_concurrent_contacts"),
-)
+_FLAGS = {
+    "--region": "aws.region",
+    "--endpoint-url": "aws.endpoint_url",
+    "--queue-url": "connector.queue_url",
+    "--frames-stream": "kinesis.audio_frames_stream",
+    "--checkpoint-table": "connector.checkpoint_table",
+    "--kvs-media-endpoint": "connector.kvs_media_endpoint",
+    "--max-idle-s": "connector.max_idle_s",
+    "--checkpoint-interval-s": "connector.checkpoint_interval_s",
+    "--visibility-timeout-s": "connector.visibility_timeout_s",
+    "--max-concurrent-contacts": "connector.max_concurrent_contacts",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -997,17 +997,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", metavar="FILE",
                         help="settings file: Managed Flink property groups JSON, as the job reads")
-    for flag, key in _FLAGS:
-        setting = SETTING_BY_KEY[key]
-        parser.add_argument(flag, dest=key, metavar="VALUE",
-                            help=f"{setting.doc} [{key}; env {', '.join(setting.env_names)}; "
-                                 f"default {setting.default!r}]")
+    add_setting_flags(parser, _FLAGS)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, overrides={
-            key: getattr(args, key) for _, key in _FLAGS if getattr(args, key) is not None
-        })
+        config = load_config(args.config, overrides=flag_overrides(args, _FLAGS))
         settings = ReadSettings(
             max_idle_s=config["connector.max_idle_s"],
             checkpoint_interval_s=config["connector.checkpoint_interval_s"],

@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from connectors.connect.handler import contact_event_handler
+from connectors.kinesis.reader import read_all_records
 from connectors.kvs.checkpoints import CheckpointStore
 from connectors.kvs.worker import ReadSettings
 from emulators.stack import LocalStack
@@ -182,13 +183,7 @@ def test_complaint_6_frames_reach_kds_while_the_call_is_live_and_end_with_the_di
 
 
 def frames_of_fragment_in_kds(stack: LocalStack, fragment_number: str) -> bool:
-    kinesis = stack.client("kinesis")
-    name = stack.settings.audio_frames_stream
-    shard = kinesis.describe_stream(StreamName=name)["StreamDescription"]["Shards"][0]["ShardId"]
-    iterator = kinesis.get_shard_iterator(StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON")[
-        "ShardIterator"
-    ]
-    records = kinesis.get_records(ShardIterator=iterator)["Records"]
+    records = read_all_records(stack.client("kinesis"), stack.settings.audio_frames_stream)
     return any(
         isinstance(r, AudioFrame) and r.fragment_number == fragment_number
         for record in records
