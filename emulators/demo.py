@@ -31,7 +31,9 @@ import pyarrow.fs as pafs
 from connectors.connect.handler import contact_event_handler, contact_flow_handler
 from connectors.kinesis.reader import read_all_records
 from emulators.connect.simulator import ConnectCallSimulator, SimulatedCall
-from emulators.demo_report import DemoReport, build_report, read_audit
+from emulators.cresta.server import parse_outage
+from connectors.audit_trail import read_audit
+from emulators.demo_report import CrestaOutage, DemoReport, build_report
 from emulators.stack import REGION, LocalStack, StackSettings
 from pipeline.audio import write_wav_pcm16
 from pipeline.config import load_config
@@ -65,6 +67,8 @@ class DemoOptions:
     #: None: ``DIR/audit`` as a file:// URI.
     audit_uri: str | None
     fail_job_after_s: float | None
+    #: (start, duration) in seconds from the calls' start; None: no outage.
+    cresta_outage: tuple[float, float] | None = None
 
 
 def parse_args(argv: list[str] | None) -> DemoOptions:
@@ -108,6 +112,13 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
             "audit rows committed yet); the job restarts from its last checkpoint"
         ),
     )
+    parser.add_argument(
+        "--cresta-outage", type=_outage_window, default=None, metavar="START:DURATION",
+        help=(
+            "the Cresta emulator refuses and drops every stream from START s into the calls for DURATION s; "
+            "the calls go on and delivery resumes after it"
+        ),
+    )
     args = parser.parse_args(argv)
     if args.calls < 1 or args.call_seconds <= 0:
         parser.error("--calls must be >= 1 and --call-seconds > 0")
@@ -124,6 +135,8 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
     if args.fail_job_after_seconds is not None and not 0 < args.fail_job_after_seconds < args.call_seconds:
         # The failure strikes on the next record the job reads, so it needs calls in progress.
         parser.error("--fail-job-after-seconds must be within the calls (0 < S < --call-seconds)")
+    if args.cresta_outage is not None and args.cresta_outage[0] >= args.call_seconds:
+        parser.error("--cresta-outage must start within the calls (START < --call-seconds)")
     return DemoOptions(
         calls=args.calls,
         call_seconds=args.call_seconds,
@@ -137,7 +150,15 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
         kill_connector_after_s=args.kill_connector_after_seconds,
         audit_uri=args.audit_uri,
         fail_job_after_s=args.fail_job_after_seconds,
+        cresta_outage=args.cresta_outage,
     )
+
+
+def _outage_window(text: str) -> tuple[float, float]:
+    try:
+        return parse_outage(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class ChildProcess:
@@ -276,6 +297,7 @@ def run_demo(options: DemoOptions) -> DemoReport:
     fail_file.unlink(missing_ok=True)
     killed_at: float | None = None
     failed_at: float | None = None
+    outage: CrestaOutage | None = None
     with LocalStack(settings) as stack:
         stack.apply_environment()
         env = stack.process_environment()
@@ -314,6 +336,9 @@ def run_demo(options: DemoOptions) -> DemoReport:
                     if options.fail_job_after_s is not None
                     else None
                 )
+                if options.cresta_outage is not None:
+                    outage = CrestaOutage.starting(time.time(), *options.cresta_outage)
+                    stack.cresta.faults.outage(*options.cresta_outage)
                 play_calls(simulator, calls)
             if options.kill_connector_after_s is not None:
                 killed_at = options.kill_connector_after_s
@@ -352,6 +377,7 @@ def run_demo(options: DemoOptions) -> DemoReport:
         chunk_ms=options.chunk_ms,
         frames_read=frames_read,
         job_failed_at_s=failed_at,
+        cresta_outage=outage,
     )
     report.summary["audit_uri"] = audit_uri
     report.summary["connector_workers"] = options.connector_workers

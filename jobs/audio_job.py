@@ -1,8 +1,8 @@
 """The PyFlink job graph: wiring only; the logic lives in ``pipeline``.
 
     audio-frames ─┐
-    contact-events┴─▶ key_by(ContactId) ─▶ ContactAssemblerFunction
-                   ─▶ CrestaDeliveryFunction ─▶ FileSink(Parquet, dt=…/hour=…)
+    contact-events┴─▶ key_by(ContactId) ─▶ AssembleAndDeliverFunction
+                      (ContactAssemblerFunction → CrestaDeliveryFunction) ─▶ FileSink(Parquet, dt=…/hour=…)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pyflink.table import DataTypes
 from pyflink.util.java_utils import is_instance_of
 
 from connectors.kinesis.flink_source import raw_bytes_consumer
-from jobs.functions import AUDIO, ERRORS, EVENT, ContactAssemblerFunction, CrestaDeliveryFunction, RecordDecoder
+from jobs.functions import AUDIO, ERRORS, EVENT, AssembleAndDeliverFunction, RecordDecoder
 from pipeline.audit import ColumnKind, audit_columns
 from pipeline.config import SETTINGS, ConfigError, PipelineConfig, errors_path, load_config
 
@@ -89,21 +89,16 @@ def build_job(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
     events = env.add_source(raw_bytes_consumer(events_stream, config), events_stream, raw).process(
         RecordDecoder(EVENT, events_stream)
     ).name("decode-contact-events")
-    assembled = (
+    delivered = (
         audio.union(events)
         .key_by(lambda tagged: tagged[1], key_type=Types.STRING())
-        .process(ContactAssemblerFunction(config))
-        .name("assemble-contact-audio")
+        .process(AssembleAndDeliverFunction(config), output_type=audit_type_info(config["audit.include_audio"]))
+        .name("assemble-and-deliver-to-cresta")
     )
-    (
-        assembled.flat_map(CrestaDeliveryFunction(config), output_type=audit_type_info(config["audit.include_audio"]))
-        .name("deliver-to-cresta")
-        .sink_to(audit_sink(config))
-        .name("audit-parquet")
-    )
+    delivered.sink_to(audit_sink(config)).name("audit-parquet")
     (
         audio.get_side_output(ERRORS)
-        .union(events.get_side_output(ERRORS), assembled.get_side_output(ERRORS))
+        .union(events.get_side_output(ERRORS), delivered.get_side_output(ERRORS))
         .sink_to(errors_sink(config))
         .name("errors-jsonl")
     )
@@ -121,8 +116,10 @@ def errors_sink(config: PipelineConfig) -> FileSink:
 
 def flink_configuration(config: PipelineConfig) -> Configuration:
     conf = Configuration()
-    jar = config["flink.jar"] or str(DEFAULT_JAR)
-    conf.set_string("pipeline.jars", jar if "://" in jar else Path(jar).resolve().as_uri())
+    # On Managed Flink the run option "jarfile" brings the jar; a source checkout has `make jar`'s.
+    jar = config["flink.jar"] or (str(DEFAULT_JAR) if DEFAULT_JAR.exists() else "")
+    if jar:
+        conf.set_string("pipeline.jars", jar if "://" in jar else Path(jar).resolve().as_uri())
     conf.set_string("python.fn-execution.bundle.time", str(config["flink.bundle_time_ms"]))
     conf.set_string("python.fn-execution.bundle.size", str(config["flink.bundle_size"]))
     # A failed task restarts the job from its last completed checkpoint: Kinesis positions,
@@ -145,9 +142,13 @@ def create_environment(config: PipelineConfig) -> StreamExecutionEnvironment:
         ).strip()
     os.environ.setdefault("TZ", "UTC")
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(config))
-    env.set_parallelism(config["flink.parallelism"])
     env.enable_checkpointing(config["flink.checkpoint_interval_ms"], CheckpointingMode.EXACTLY_ONCE)
     if is_instance_of(env._j_stream_execution_environment, LOCAL_ENVIRONMENT_CLASS):
+        if not config["flink.jar"] and not DEFAULT_JAR.exists():
+            raise ConfigError(f"no connector jar at {DEFAULT_JAR}: `make jar` builds it (or set flink.jar)")
+        # Only a local minicluster takes the job's parallelism: on a cluster (Managed Flink)
+        # the application's parallelism and autoscaling decide, and setting it would pin it.
+        env.set_parallelism(config["flink.parallelism"])
         initialize_local_s3(config)
     return env
 
@@ -189,7 +190,7 @@ def run(config: PipelineConfig) -> None:
         raise ConfigError("audit.path is required")
     env = create_environment(config)
     build_job(env, config)
-    log.info("starting %s with %s", JOB_NAME, json.dumps(dict(config), default=str))
+    log.info("starting %s with %s", JOB_NAME, json.dumps(config.loggable(), default=str))
     client = env.execute_async(JOB_NAME)
     log.info("job %s submitted", client.get_job_id())
     client.get_job_execution_result().result()

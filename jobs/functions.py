@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Callable
 
 from pyflink.common import Row
+from pyflink.common.time import Time
 from pyflink.common.typeinfo import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.functions import FlatMapFunction
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 from pipeline.assembler import (
     AssemblyStats,
@@ -47,7 +47,7 @@ from pipeline.metrics import (
     MetricSpec,
     RecentPercentiles,
 )
-from pipeline.records import AudioEnd, AudioFrame, ContactEvent, RecordError, decode_audio_records
+from pipeline.records import AudioEnd, AudioFrame, ContactEvent, RecordError, Track, decode_audio_records
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,23 @@ def _decode_event(data: bytes) -> list[tuple[str, str, object]]:
     return [(EVENT, event.contact_id, event)]
 
 
+def expiring(descriptor, ttl_ms: int):
+    """``descriptor`` with a TTL of ``ttl_ms`` after the last write (0: never expires).
+
+    The state machines clear their own state when a contact ends; TTL only catches a
+    contact whose end never arrives, so the state of a long-dead contact cannot pile up.
+    """
+    if ttl_ms:
+        descriptor.enable_time_to_live(
+            StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .cleanup_full_snapshot()
+            .build()
+        )
+    return descriptor
+
+
 class InjectedFailure(RuntimeError):
     """A task failure asked for by ``job.fail_once_file``, to exercise restarts."""
 
@@ -85,22 +102,27 @@ def _claim(path: str) -> bool:
 
 
 class _JobMetrics:
-    """The catalogue's metrics on one operator's Flink metric group."""
+    """The catalogue's metrics on one operator's Flink metric group, in the group Managed
+    Flink exports to CloudWatch (``pipeline.metrics``)."""
 
     def __init__(self, runtime_context: RuntimeContext) -> None:
         self.group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
-        self._counters: dict[tuple[str, str, str], object] = {}
+        self._updates: dict[tuple[str, str, str], Callable[[int], None]] = {}
 
     def inc(self, spec: MetricSpec, amount: int = 1, *, label: tuple[str, str] | None = None) -> None:
-        """Add to a counter; ``label`` (name, value) puts it in a subgroup, e.g. reason=…"""
+        """Add to a counter or mark events on a meter; ``label`` (key, value) is the key/value
+        group the catalogue splits the metric by, e.g. ("status", "SENT")."""
         if amount <= 0:
             return
         key = (spec.name, *(label or ("", "")))
-        counter = self._counters.get(key)
-        if counter is None:
+        update = self._updates.get(key)
+        if update is None:
+            if (label[0] if label else "") != spec.dimension:
+                raise ValueError(f"{spec.name} is split by {spec.dimension!r}, not by {label!r}")
             group = self.group.add_group(*label) if label else self.group
-            counter = self._counters[key] = group.counter(spec.name)
-        counter.inc(amount)
+            update = group.meter(spec.name).mark_event if spec.kind == "meter" else group.counter(spec.name).inc
+            self._updates[key] = update
+        update(amount)
 
     def percentiles(self, p50: MetricSpec, p99: MetricSpec) -> RecentPercentiles:
         recent = RecentPercentiles()
@@ -156,6 +178,7 @@ class ContactAssemblerFunction(KeyedProcessFunction):
             "idle_flush_ms": config["assembler.idle_flush_ms"],
             "state_grace_ms": config["assembler.state_grace_ms"],
         }
+        self.state_ttl_ms = config["assembler.state_ttl_ms"]
         self.ready_file = config["job.ready_file"]
         self.fail_once_file = config["job.fail_once_file"]
         self.state = None
@@ -167,11 +190,13 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         self.metrics = _JobMetrics(runtime_context)
         self.ingest_lag = self.metrics.percentiles(INGEST_LAG_P50, INGEST_LAG_P99)
         self.state = runtime_context.get_state(
-            ValueStateDescriptor("contact-assembler", Types.PICKLED_BYTE_ARRAY())
+            expiring(ValueStateDescriptor("contact-assembler", Types.PICKLED_BYTE_ARRAY()), self.state_ttl_ms)
         )
         # The assembler's next deadline moves with every frame; remembering the timer
         # already registered keeps it to one pending timer per contact, not one per frame.
-        self.timer_state = runtime_context.get_state(ValueStateDescriptor("contact-timer", Types.LONG()))
+        self.timer_state = runtime_context.get_state(
+            expiring(ValueStateDescriptor("contact-timer", Types.LONG()), self.state_ttl_ms)
+        )
         if self.ready_file:
             Path(self.ready_file).touch()
 
@@ -243,36 +268,186 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         self.timer_state.update(deadline)
 
 
-class CrestaDeliveryFunction(FlatMapFunction):
-    """Sends each chunk to Cresta and turns it into its audit row."""
+#: How often a contact whose chunks wait for their receipts looks for them. It decides
+#: only when audit rows leave this function (the sink commits them on checkpoints,
+#: seconds apart); the audio goes to Cresta as soon as its chunk arrives.
+RECEIPT_POLL_MS = 50
+
+
+def _chunk_key(chunk: AudioChunk) -> tuple[Track, int]:
+    return chunk.track, chunk.seq
+
+
+class CrestaDeliveryFunction(KeyedProcessFunction):
+    """Keyed by ContactId: hands chunks to the non-blocking ``CrestaDeliveryService`` and
+    turns each chunk's receipt into its audit row, never waiting for Cresta. The job runs
+    it inside the assembling step (``AssembleAndDeliverFunction``).
+
+    A chunk stays in its contact's keyed state from its arrival until the step that emits
+    its row, so a checkpoint holds every chunk either as a row already sent towards the
+    sink or in state, never both and never neither: the audit trail stays exactly-once.
+    Receipts are polled one contact at a time, in that contact's key context, when its
+    next record comes and on a processing-time timer (one pending per contact) every
+    ``RECEIPT_POLL_MS`` while it has chunks waiting. A contact with nothing waiting keeps
+    no state and no timer.
+
+    After a restore the new service knows none of the chunks in state: the first time
+    this instance meets such a contact it submits them again, in order, before anything
+    newer, and closes the contact again if it was closing. Cresta receives them a second
+    time, on a new stream (at-least-once); their rows are emitted once.
+    """
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
         self.include_audio = config["audit.include_audio"]
-        self.delivery = None
+        self.audit_attributes = None
+        self.service = None
+        self.waiting = None
+        self.closing = None
+        self.timer_state = None
         self.metrics = None
         self.latency = None
+        #: Per contact met by this instance: the chunks waiting in its state, all of which
+        #: this instance has submitted. Not state: a restored instance starts empty.
+        self.submitted: dict[str, set[tuple[Track, int]]] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from connectors.cresta.delivery import CrestaDelivery
+        from connectors.cresta.settings import CrestaSettings, create_delivery_service
 
         self.metrics = _JobMetrics(runtime_context)
         self.latency = self.metrics.percentiles(DELIVERY_LATENCY_P50, DELIVERY_LATENCY_P99)
-        self.delivery = CrestaDelivery.from_config(self.config)
+        ttl_ms = self.config["assembler.state_ttl_ms"]
+        self.waiting = runtime_context.get_list_state(
+            expiring(ListStateDescriptor("cresta-waiting-chunks", Types.PICKLED_BYTE_ARRAY()), ttl_ms)
+        )
+        self.closing = runtime_context.get_state(
+            expiring(ValueStateDescriptor("cresta-closing", Types.BOOLEAN()), ttl_ms)
+        )
+        self.timer_state = runtime_context.get_state(
+            expiring(ValueStateDescriptor("cresta-receipt-timer", Types.LONG()), ttl_ms)
+        )
+        self.submitted = {}
+        settings = CrestaSettings.from_config(self.config)
+        self.audit_attributes = None if self.config["audit.all_attributes"] else settings.attribute_allowlist
+        self.service = create_delivery_service(settings)
 
     def close(self) -> None:
-        if self.delivery is not None:
-            self.delivery.close_all()
+        # Nothing to wait for: no row can leave from here, and the chunks still waiting
+        # are in the last checkpoint's state, which the next instance submits again.
+        # Waiting would only hold up a restart (by the close grace, when Cresta is away).
+        if self.service is not None:
+            self.service.close(timeout_s=0)
 
-    def flat_map(self, value):
-        if isinstance(value, ContactClosed):
-            self.delivery.close_contact(value.contact_id)
-            return
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        contact_id = ctx.get_current_key()
+        self._take_over(contact_id)
         if isinstance(value, AudioChunk):
-            receipt = self.delivery.deliver(value)
-            self.metrics.inc(DELIVERIES, label=("status", receipt.status.value))
-            self.latency.add(receipt.latency_ms)
-            yield audit_row(audit_values(value, receipt, self.include_audio), self.include_audio)
+            self.service.submit(value)
+            yield from self._collect(contact_id, ctx, value)
+        elif isinstance(value, ContactClosed):
+            # The service closes the stream behind the chunks queued before it, failing
+            # those still waiting when its grace runs out.
+            self.service.close_contact(contact_id)
+            self.closing.update(True)
+            yield from self._collect(contact_id, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        # The contact's other timers (the assembler's) tick this too: polling early is
+        # harmless, and the pending poll timer stays known.
+        if timestamp == self.timer_state.value():
+            self.timer_state.clear()
+        contact_id = ctx.get_current_key()
+        self._take_over(contact_id)
+        yield from self._collect(contact_id, ctx)
+
+    def _take_over(self, contact_id: str) -> None:
+        """Submits again what an earlier instance left waiting, the first time this one
+        meets the contact."""
+        if contact_id in self.submitted:
+            return
+        submitted = self.submitted[contact_id] = set()
+        for chunk in self.waiting.get():
+            self.service.submit(chunk)
+            submitted.add(_chunk_key(chunk))
+        if submitted and self.closing.value():
+            self.service.close_contact(contact_id)
+
+    def _collect(self, contact_id: str, ctx, arrived: AudioChunk | None = None):
+        """The rows of the contact's receipts ready now; the rest of its chunks wait."""
+        delivered = self.service.poll_receipts(contact_id)
+        receipted = {_chunk_key(d.chunk) for d in delivered}
+        submitted = self.submitted[contact_id]
+        still_waiting = submitted - receipted
+        new = arrived is not None and _chunk_key(arrived) not in receipted
+        if new:
+            still_waiting.add(_chunk_key(arrived))
+        if not still_waiting:
+            self._forget(contact_id, ctx)
+        else:
+            if submitted & receipted:
+                kept = [chunk for chunk in self.waiting.get() if _chunk_key(chunk) not in receipted]
+                if new:
+                    kept.append(arrived)
+                self.waiting.update(kept)
+            elif new:
+                self.waiting.add(arrived)
+            self.submitted[contact_id] = still_waiting
+            if self.timer_state.value() is None:
+                poll_at = ctx.timer_service().current_processing_time() + RECEIPT_POLL_MS
+                ctx.timer_service().register_processing_time_timer(poll_at)
+                self.timer_state.update(poll_at)
+        for d in delivered:
+            self.metrics.inc(DELIVERIES, label=("status", d.receipt.status.value))
+            self.latency.add(d.receipt.latency_ms)
+            yield audit_row(audit_values(d.chunk, d.receipt, self.include_audio, self.audit_attributes), self.include_audio)
+
+    def _forget(self, contact_id: str, ctx) -> None:
+        del self.submitted[contact_id]
+        self.waiting.clear()
+        self.closing.clear()
+        poll_at = self.timer_state.value()
+        if poll_at is not None:
+            ctx.timer_service().delete_processing_time_timer(poll_at)
+            self.timer_state.clear()
+
+
+class AssembleAndDeliverFunction(KeyedProcessFunction):
+    """Keyed by ContactId: the contact's ``ContactAssemblerFunction``, and what it emits
+    through ``CrestaDeliveryFunction``, in one step; emits audit rows (and errors).
+
+    Delivery shares the assembler's operator instead of following a second key_by: a
+    chunk is handed to Cresta as soon as it is cut, not after the rest of the assembler's
+    Python bundle and a network exchange to another Python operator, which cost ~200 ms
+    (p50) from assembly to Cresta in the demo. Each keeps its own keyed state and timer;
+    a timer of the contact ticks both, and each does only what is due by then.
+    """
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.assembler = ContactAssemblerFunction(config)
+        self.delivery = CrestaDeliveryFunction(config)
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.delivery.open(runtime_context)
+        # Last: the assembler's open announces the job ready (``job.ready_file``).
+        self.assembler.open(runtime_context)
+
+    def close(self) -> None:
+        self.assembler.close()
+        self.delivery.close()
+
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        yield from self._deliver(self.assembler.process_element(value, ctx), ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        yield from self._deliver(self.assembler.on_timer(timestamp, ctx), ctx)
+        yield from self.delivery.on_timer(timestamp, ctx)
+
+    def _deliver(self, outputs, ctx):
+        for output in outputs:
+            if isinstance(output, (AudioChunk, ContactClosed)):
+                yield from self.delivery.process_element(output, ctx)
+            else:
+                yield output  # a side output (errors)
 
 
 def _to_flink(kind: ColumnKind, value):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
 
@@ -58,7 +59,10 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("pcm_sha256", ColumnKind.STRING, "SHA-256 of the chunk's PCM16LE bytes"),
     Column("level_dbfs", ColumnKind.DOUBLE, "RMS level of the chunk in dBFS"),
     Column("gap_filled_ms", ColumnKind.INT, "silence inserted for audio missing in KVS"),
-    Column("attributes", ColumnKind.JSON_MAP, "contact attributes known when the chunk left (JSON object)"),
+    Column(
+        "attributes", ColumnKind.JSON_MAP,
+        "contact attributes sent with the chunk (JSON object; every attribute with audit.all_attributes)",
+    ),
     Column("attributes_missing", ColumnKind.BOOLEAN, "chunk left before the STARTED event"),
     Column("agent_id", ColumnKind.STRING, "agent handling the contact"),
     Column("queue_name", ColumnKind.STRING, "Connect queue"),
@@ -87,9 +91,15 @@ class DeliveryReceipt:
 
 
 def audit_values(
-    chunk: AudioChunk, receipt: DeliveryReceipt, include_audio: bool
+    chunk: AudioChunk,
+    receipt: DeliveryReceipt,
+    include_audio: bool,
+    attributes: Collection[str] | None = None,
 ) -> list[object]:
     """One audit row as a list ordered like ``audit_columns(include_audio)``.
+
+    ``attributes``: the contact attributes the row keeps (those sent to Cresta); None
+    keeps them all.
 
     Timestamps are epoch milliseconds; the writer converts them to its own type.
     """
@@ -107,7 +117,10 @@ def audit_values(
         hashlib.sha256(chunk.pcm).hexdigest(),
         level_dbfs(chunk.pcm),
         chunk.gap_filled_ms,
-        json.dumps(chunk.info.attributes, sort_keys=True),
+        json.dumps(
+            {k: v for k, v in chunk.info.attributes.items() if attributes is None or k in attributes},
+            sort_keys=True,
+        ),
         chunk.attributes_missing,
         chunk.info.agent_id,
         chunk.info.queue_name,

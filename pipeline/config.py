@@ -24,6 +24,8 @@ from pipeline.assembler import MAX_CHUNK_MS, MIN_CHUNK_MS
 
 ENV_PREFIX = "CRESTA_PIPELINE_"
 MANAGED_FLINK_PROPERTIES = Path("/etc/flink/application_properties.json")
+#: Managed Flink's own property group in that file (the entry point, the jar, pyFiles).
+MANAGED_FLINK_RUN_OPTIONS = "kinesis.analytics.flink.run.options"
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,8 @@ class Setting:
     expectation: str = ""
     #: Other environment variables that set it, weakest last.
     env_aliases: tuple[str, ...] = ()
+    #: A credential: never written to logs (``PipelineConfig.loggable``).
+    secret: bool = False
 
     @property
     def env_names(self) -> tuple[str, ...]:
@@ -93,12 +97,18 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: v >= 0, ">= 0",
     ),
     Setting(
+        "assembler.state_ttl_ms", 6 * 3_600_000, int,
+        "safety net: a contact's keyed state not written for this long is dropped even if its timers "
+        "never cleared it (0: off)",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
         "enrich.max_wait_ms", 2000, int,
         "how long audio waits for the contact's STARTED event", lambda v: v >= 0, ">= 0",
     ),
     Setting("cresta.ws_url", "", str, "Cresta Media Streams WebSocket URL (wss:// in production)"),
     Setting("cresta.auth_url", "", str, "Cresta OAuth domain, e.g. https://auth.us-west-2-prod.cresta.ai"),
-    Setting("cresta.media_token", "", str, "per-customer token sent as the Token custom parameter"),
+    Setting("cresta.media_token", "", str, "per-customer token sent as the Token custom parameter", secret=True),
     Setting(
         "cresta.protocol", "media_streams", str, "stream protocol: media_streams | l16",
         lambda v: v in ("media_streams", "l16"), "media_streams or l16",
@@ -121,12 +131,20 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("audit.path", "", str, "audit trail root: file:///… or s3://bucket/prefix"),
     Setting("audit.include_audio", False, _bool, "add the pcm column (PII: off by default)"),
+    Setting(
+        "audit.all_attributes", False, _bool,
+        "keep every contact attribute in the audit (PII); default: only those sent to Cresta",
+    ),
     Setting("errors.path", "", str, "root of the error output (JSON lines); default: errors/ beside audit.path"),
     Setting(
         "s3.path_style_access", False, _bool,
         "address s3:// buckets by path, not host name (local S3 such as moto, reached at aws.endpoint_url)",
     ),
-    Setting("flink.parallelism", 1, int, "job parallelism", lambda v: v >= 1, ">= 1"),
+    Setting(
+        "flink.parallelism", 1, int,
+        "job parallelism on a local minicluster; on a cluster (Managed Flink) the cluster's own "
+        "parallelism and autoscaling decide", lambda v: v >= 1, ">= 1",
+    ),
     Setting(
         "flink.checkpoint_interval_ms", 2000, int,
         "checkpoint interval; Parquet part files are committed on checkpoints",
@@ -203,6 +221,13 @@ class PipelineConfig(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._values)
 
+    def loggable(self) -> dict[str, Any]:
+        """The settings as they may appear in logs: credentials show only whether they are set."""
+        return {
+            key: ("<set>" if value else "<empty>") if SETTING_BY_KEY[key].secret else value
+            for key, value in self._values.items()
+        }
+
     def to_property_groups(self) -> list[dict[str, Any]]:
         """This config in the Managed Flink ``application_properties.json`` shape."""
         groups: dict[str, dict[str, str]] = {}
@@ -274,7 +299,7 @@ def _read_property_groups(path: Path) -> dict[str, str]:
         for name, value in (group.get("PropertyMap") or {}).items():
             key = f"{group_id}.{name}"
             # Managed Flink's own run options live in the same file; they are not ours.
-            if group_id == "kinesis.analytics.flink.run.options":
+            if group_id == MANAGED_FLINK_RUN_OPTIONS:
                 continue
             flat[key] = value
     return flat

@@ -1,24 +1,25 @@
 """Non-blocking, ordered delivery of chunks to Cresta, usable from a Flink function.
 
 The caller's thread hands chunks in (``submit``) and collects their receipts
-(``poll_receipts`` / ``drain``); it never waits on the network. Decisions (order, buffer,
-drop, backoff, breaker) are ``pipeline.delivery_policy.DeliveryPolicy``'s; this module
-only carries out its actions: the I/O runs on an asyncio event loop in one background
-thread, one operation per contact at a time, through one ``CrestaStreamAdapter`` per
-contact (reused across chunks, reopened after failures).
+(``poll_receipts``: every contact's or one contact's; ``drain``); it never waits on the
+network. Decisions (order, buffer, drop, backoff, breaker) are
+``pipeline.delivery_policy.DeliveryPolicy``'s; this module only carries out its actions:
+the I/O runs on an asyncio event loop in one background thread, one operation per
+contact at a time, through one ``CrestaStreamAdapter`` per contact (reused across
+chunks, reopened after failures).
 
 Memory is bounded by construction: the policy decides, synchronously inside ``submit``,
 whether a chunk fits its contact's buffer (else it is DROPPED at once), each contact has
 at most one operation queued on the loop, and each socket holds at most the adapter's
 ``write_limit`` unsent. A slow or stalled Cresta therefore costs dropped audio, never
-memory or a blocked caller. Receipts wait until polled; the caller polls them as it
-goes. In a Flink function::
+memory or a blocked caller. Receipts wait, per contact, until polled; the caller polls
+them as it goes. In a Flink function keyed by contact (``jobs.functions``)::
 
     service = create_delivery_service(CrestaSettings.from_config(config))   # open()
     service.submit(chunk)                                                    # per chunk
-    for delivered in service.poll_receipts(): yield audit row                # per chunk
+    for delivered in service.poll_receipts(contact_id): yield audit row      # in the contact's key context
     service.close_contact(contact_id)                                        # ContactClosed
-    service.close(); rows for service.poll_receipts()                        # close()
+    service.close()                                                          # close()
 
 "SENT" means handed to the socket: Media Streams has no acknowledgement, so audio written
 into a connection that Cresta has just cut, before the reset arrives, is SENT and lost.
@@ -108,7 +109,7 @@ class CrestaDeliveryService:
         # One lock for the policy and the receipts; re-entrant because dispatching
         # happens while it is held.
         self._lock = threading.Condition(threading.RLock())
-        self._receipts: deque[Delivered] = deque()
+        self._receipts: dict[str, deque[Delivered]] = {}
         self._outstanding = 0
         self._closed = False
         # Touched only on the loop's thread.
@@ -145,13 +146,17 @@ class CrestaDeliveryService:
             self._policy.close_contact(contact_id, _monotonic_ms(), grace_ms)
             self._dispatch()
 
-    def poll_receipts(self, timeout_s: float = 0.0) -> list[Delivered]:
-        """Every receipt ready now; waits up to ``timeout_s`` for the first one."""
+    def poll_receipts(self, contact_id: str | None = None, timeout_s: float = 0.0) -> list[Delivered]:
+        """Every receipt ready now, or only ``contact_id``'s, each contact's in the order
+        they came; waits up to ``timeout_s`` for the first one."""
         with self._lock:
-            self._lock.wait_for(lambda: self._receipts, timeout_s)
-            receipts = list(self._receipts)
-            self._receipts.clear()
-            return receipts
+            if contact_id is None:
+                self._lock.wait_for(lambda: self._receipts, timeout_s)
+                receipts = [delivered for ready in self._receipts.values() for delivered in ready]
+                self._receipts.clear()
+                return receipts
+            self._lock.wait_for(lambda: contact_id in self._receipts, timeout_s)
+            return list(self._receipts.pop(contact_id, ()))
 
     def drain(self, timeout_s: float) -> list[Delivered]:
         """Waits up to ``timeout_s`` until every submitted chunk has its receipt, then
@@ -178,7 +183,10 @@ class CrestaDeliveryService:
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Close every contact (each with its grace), wait up to ``timeout_s`` for that,
-        fail whatever is left, and stop. Every chunk has its receipt afterwards."""
+        fail whatever is left, and stop. Every chunk has its receipt afterwards.
+
+        ``timeout_s=0`` waits for nothing, for a caller that keeps its unsent chunks
+        elsewhere (a Flink task: in its checkpoint); open streams still get their stop."""
         with self._lock:
             if self._closed:
                 return
@@ -186,11 +194,12 @@ class CrestaDeliveryService:
             self._policy.close_all(_monotonic_ms())
             self._dispatch()
             if not self._lock.wait_for(lambda: not self._policy.contact_ids(), timeout_s):
-                logger.warning(
-                    "Cresta delivery: %d contacts still busy after %ss; failing their chunks",
-                    len(self._policy.contact_ids()),
-                    timeout_s,
-                )
+                if timeout_s:
+                    logger.warning(
+                        "Cresta delivery: %d contacts still busy after %ss; failing their chunks",
+                        len(self._policy.contact_ids()),
+                        timeout_s,
+                    )
                 self._policy.abandon()
                 self._dispatch()
         asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop).result()
@@ -204,14 +213,18 @@ class CrestaDeliveryService:
         """Carries out the policy's actions; the caller holds the lock."""
         for action in self._policy.take_actions():
             if isinstance(action, Outcome):
-                self._receipts.append(Delivered(action.item, self._receipt(action)))
+                ready = self._receipts.setdefault(action.item.contact_id, deque())
+                ready.append(Delivered(action.item, self._receipt(action)))
                 self._outstanding -= 1
                 self._lock.notify_all()
             elif isinstance(action, WakeAt):
                 delay_s = max(0, action.at_ms - _monotonic_ms()) / 1000
                 self._loop.call_soon_threadsafe(self._loop.call_later, delay_s, self._tick)
             elif isinstance(action, Release):
-                self._loop.call_soon_threadsafe(self._adapters.pop, action.contact_id, None)
+                # Once closing, the adapters stay for the shutdown, which ends the streams
+                # of contacts given up on while they were open.
+                if not self._closed:
+                    self._loop.call_soon_threadsafe(self._adapters.pop, action.contact_id, None)
                 self._lock.notify_all()
             else:
                 self._loop.call_soon_threadsafe(self._start, action)
@@ -270,10 +283,12 @@ class CrestaDeliveryService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for adapter in self._adapters.values():
-            if adapter.is_open:
-                try:
-                    await asyncio.wait_for(adapter.close_contact(), self.settings.close_grace_ms / 1000)
-                except (CrestaDeliveryError, TimeoutError):
-                    pass
+        grace_s = self.settings.close_grace_ms / 1000
+        still_open = [adapter for adapter in self._adapters.values() if adapter.is_open]
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(adapter.close_contact(), grace_s) for adapter in still_open), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, (CrestaDeliveryError, TimeoutError)):
+                logger.error("Cresta delivery: a stream failed unexpectedly while closing", exc_info=outcome)
         self._adapters.clear()

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from emulators.demo import read_audit, send_warm_up_event, start_job
+from connectors.audit_trail import read_audit
+from emulators.demo import send_warm_up_event, start_job
 from emulators.stack import LocalStack, StackSettings
 from pipeline.records import AudioEnd, AudioFrame, ContactEvent, EventType, Track
 

@@ -295,3 +295,13 @@ def test_round_trip_file_keeps_run_options_out(tmp_path):
     groups.append({"PropertyGroupId": RUN_OPTIONS, "PropertyMap": {"python": "jobs/audio_job.py"}})
     path = write_groups(tmp_path / "application_properties.json", groups)
     assert dict(load(path=path)) == dict(load())
+
+
+def test_loggable_settings_hide_credentials_but_say_whether_they_are_set():
+    config = load_config(env={}, overrides={"cresta.media_token": "tok-Secret-123", "aws.region": "eu-west-2"})
+    logged = json.dumps(config.loggable())
+    assert "tok-Secret-123" not in logged
+    assert config.loggable()["cresta.media_token"] == "<set>"
+    assert load_config(env={}).loggable()["cresta.media_token"] == "<empty>"
+    assert config.loggable()["aws.region"] == "eu-west-2"
+    assert config["cresta.media_token"] == "tok-Secret-123"

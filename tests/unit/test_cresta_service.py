@@ -1,13 +1,13 @@
-"""CrestaDeliveryService (and the synchronous CrestaDelivery over it) against a fake Cresta:
-adapters that record what they carry and fail, hang or refuse on demand."""
+"""CrestaDeliveryService against a fake Cresta: adapters that record what they carry and
+fail, hang or refuse on demand."""
 
 import asyncio
+import logging
 import threading
 
 import pytest
 
 from connectors.cresta.adapters import CrestaDeliveryError, StreamContact
-from connectors.cresta.delivery import CrestaDelivery
 from connectors.cresta.service import CrestaDeliveryService, chunk_duration_ms
 from pipeline.assembler import AudioChunk, ContactInfo
 from pipeline.audit import DeliveryStatus
@@ -205,6 +205,35 @@ def test_an_adapter_bug_costs_the_contact_a_reconnect_only(cresta, make_service)
     assert len(cresta.opened) == 2
 
 
+def test_receipts_are_polled_per_contact_each_in_the_order_they_came(cresta, make_service):
+    service = make_service()
+    for seq in range(4):
+        service.submit(chunk("a", seq))
+        service.submit(chunk("b", seq, samples=0 if seq == 2 else 800))
+    _wait_for(lambda: service.outstanding == 0)
+    assert [(d.chunk.seq, d.receipt.status) for d in service.poll_receipts("a")] == [(s, SENT) for s in range(4)]
+    assert service.poll_receipts("a") == []
+    b = service.poll_receipts()
+    assert {d.chunk.contact_id for d in b} == {"b"}
+    # An empty chunk is SKIPPED at once, so it may come ahead of chunks still on their way.
+    assert sorted((d.chunk.seq, d.receipt.status) for d in b) == [(0, SENT), (1, SENT), (2, SKIPPED), (3, SENT)]
+    assert service.poll_receipts() == []
+
+
+def test_a_contact_s_poll_never_returns_nor_waits_for_another_contact_s_receipts(cresta, make_service):
+    cresta.sends_flow.clear()
+    service = make_service()
+    service.submit(chunk("slow", 0))
+    service.submit(chunk("other", 0, samples=0))
+    assert service.poll_receipts("slow") == []
+    assert [(d.chunk.contact_id, d.receipt.status) for d in service.poll_receipts("other")] == [("other", SKIPPED)]
+
+    cresta.sends_flow.set()
+    (delivered,) = service.poll_receipts("slow", timeout_s=SAFETY_S)
+    assert (delivered.chunk.contact_id, delivered.receipt.status) == ("slow", SENT)
+    assert service.outstanding == 0 and service.poll_receipts() == []
+
+
 def test_close_contact_sends_the_stop_after_the_queued_chunks(cresta, make_service):
     service = make_service()
     for seq in range(3):
@@ -239,33 +268,18 @@ def test_close_gives_up_on_a_hung_cresta_after_its_timeout(cresta, make_service)
     assert service.outstanding == 0
 
 
-# --- the synchronous wrapper the job uses today ----------------------------------------------
-
-
-def test_the_synchronous_wrapper_returns_each_chunk_s_own_receipt(cresta):
-    delivery = CrestaDelivery(CrestaDeliveryService(cresta.new_adapter, FAST))
-    try:
-        assert delivery.deliver(chunk("c", 0)).status is SENT
-        assert delivery.deliver(chunk("c", 1, samples=0)).status is SKIPPED
-        assert delivery.deliver(chunk("c", 2)).status is SENT
-        delivery.close_contact("c")
-    finally:
-        delivery.close_all()
-    assert cresta.stops == ["c"] and len(cresta.received["c"]) == 2
-
-
-def test_the_synchronous_wrapper_gives_a_chunk_up_when_cresta_is_away(cresta):
-    cresta.refuse = True
-    delivery = CrestaDelivery(
-        CrestaDeliveryService(cresta.new_adapter, PolicySettings(**_fast_timers())), deliver_timeout_s=0.05
-    )
-    try:
-        receipt = delivery.deliver(chunk("c", 0))
-        assert (receipt.status, receipt.attempts) == (FAILED, 0)
-        cresta.refuse = False
-        assert delivery.deliver(chunk("c", 1)).status is SENT
-    finally:
-        delivery.close_all()
+def test_close_without_waiting_fails_what_is_queued_at_once_and_still_stops_open_streams(cresta, make_service, caplog):
+    service = make_service()
+    service.submit(chunk("c", 0))
+    assert [d.receipt.status for d in drain_all(service)] == [SENT]
+    cresta.sends_flow.clear()
+    service.submit(chunk("c", 1))
+    service.submit(chunk("c", 2))
+    with caplog.at_level(logging.WARNING):
+        service.close(timeout_s=0)
+    assert [(d.chunk.seq, d.receipt.status) for d in service.poll_receipts()] == [(1, FAILED), (2, FAILED)]
+    assert cresta.stops == ["c"]
+    assert caplog.records == []
 
 
 def _fast_timers() -> dict:
