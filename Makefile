@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast jar venv clean
+.PHONY: demo test test-fast jar package venv clean
 
 demo: $(STAMP) $(JAR)
 	$(BIN)/cresta-pipeline demo $(ARGS)
@@ -31,10 +31,15 @@ $(STAMP): pyproject.toml
 
 jar: $(JAR)
 
+# dist/cresta-pipeline-flink.zip (Managed Flink) and dist/cresta-pipeline-lambdas.zip;
+# `cresta-pipeline deploy` uploads them (README, "Deploying to AWS").
+package: $(STAMP) $(JAR)
+	$(BIN)/cresta-pipeline package --out dist
+
 $(JAR): deploy/flink/pom.xml $(shell find deploy/flink/src -name '*.java' 2>/dev/null)
 	cd deploy/flink && mvn --batch-mode --quiet package
 	test -f $(JAR)
 	ls $(PLUGINS)/s3-fs-hadoop/flink-s3-fs-hadoop-*.jar > /dev/null
 
 clean:
-	rm -rf $(VENV) deploy/flink/target
+	rm -rf $(VENV) deploy/flink/target dist

@@ -15,6 +15,9 @@ COMMANDS = {
     "job": ("jobs.audio_job", "run the PyFlink job (`job run --config FILE`)"),
     "connector": ("connectors.kvs.worker", "run a KVS connector worker (`connector run`)"),
     "kvs": ("connectors.kvs.tools", "look into KVS media: `kvs inspect SOURCE`, `kvs dump SOURCE --out DIR`"),
+    "package": ("jobs.package", "build the Managed Flink and Lambda zips into dist/"),
+    "deploy": ("jobs.deploy", "upload dist/ and create or update the stack (`deploy --stack-name S --region R`)"),
+    "report": ("jobs.report", "render the audit notebook over a demo output's audit trail to DIR/report.html"),
 }
 #: Subcommands whose first argument is a verb (`job run`, `connector run`).
 VERB_COMMANDS = {"job": "run", "connector": "run"}

@@ -1,5 +1,12 @@
 """What the job measures, named once: the Flink functions register these, the README
-lists them, and on Managed Flink they become CloudWatch metrics.
+lists them, and on Managed Flink they become CloudWatch metrics that the stack's alarms
+and dashboard read (deploy/cloudformation/pipeline.yaml).
+
+Managed Flink exports to CloudWatch (namespace ``AWS/KinesisAnalytics``) the metrics
+registered under a metric group named ``kinesisanalytics``, by their own name; the key/value
+groups under it (``status``/``SENT``) become dimensions beside ``Application`` (AWS: "Use
+custom metrics with Amazon Managed Service for Apache Flink"). CloudWatch shows counters,
+gauges and meters, not histograms.
 
 PyFlink's metric group offers counters, gauges, meters and distributions, but no
 histogram with percentiles, so latencies are kept in ``RecentPercentiles`` (the last
@@ -18,16 +25,21 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-#: The operator metric group the job's own metrics live under.
-METRIC_GROUP = "cresta_pipeline"
+#: The operator metric group the job's own metrics live under: the name Managed Flink
+#: exports to CloudWatch.
+METRIC_GROUP = "kinesisanalytics"
 
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
+    #: counter (a running total), meter (events per second over the last minute) or gauge.
     kind: str
     unit: str
     doc: str
+    #: The key of the key/value group that splits it, one metric per value (a CloudWatch
+    #: dimension); empty for none.
+    dimension: str = ""
 
 
 FRAMES_IN = MetricSpec("frames_in", "counter", "frames", "AudioFrame records the assembler received")
@@ -49,12 +61,13 @@ EARLY_AUDIO_CHUNKS = MetricSpec(
     "early_audio_chunks", "counter", "chunks", "chunks that left before the contact's STARTED (attributes missing)"
 )
 ERRORS = MetricSpec(
-    "errors", "counter", "records",
-    "records sent to the error output, one counter per reason (subgroup reason=<reason>)",
+    "errors", "counter", "records", "records sent to the error output, one counter per reason", dimension="reason",
 )
+# A meter, not a counter: the alarm on the share Cresta did not take divides rates, which
+# need no knowledge of when each subtask's running total started.
 DELIVERIES = MetricSpec(
-    "deliveries", "counter", "chunks",
-    "delivery receipts, one counter per status (subgroup status=SENT|FAILED|DROPPED|SKIPPED)",
+    "deliveries", "meter", "chunks/s", "delivery receipts per second, one meter per status (SENT, FAILED, "
+    "DROPPED, SKIPPED)", dimension="status",
 )
 INGEST_LAG_P50 = MetricSpec(
     "ingest_lag_ms_p50", "gauge", "ms", "median time from a chunk's last sample (producer clock) to its assembly"

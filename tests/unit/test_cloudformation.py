@@ -24,15 +24,25 @@ from connectors.connect.contact_events import HANDLED_EVENT_TYPES
 from connectors.kvs.checkpoints import ATTR_CONTACT_ID, ATTR_EXPIRES_AT
 from connectors.kvs.media import MediaSourceError
 from connectors.kvs.worker import ReadSettings, read_contact
+from apache_beam.metrics.execution import MetricsContainer
+from apache_beam.runners.common import NameContext
+from apache_beam.runners.worker import statesampler
+from apache_beam.utils.counters import CounterFactory
+from pyflink.fn_execution.datastream.process.runtime_context import StreamingRuntimeContext
+from pyflink.fn_execution.metrics.process.metric_impl import GenericMetricGroup
+
+from jobs import package
+from jobs.functions import _JobMetrics
+from pipeline.audit import DeliveryStatus
 from pipeline.config import SETTING_BY_KEY
-from pipeline.metrics import DELIVERIES, DELIVERY_LATENCY_P99
+from pipeline.metrics import DELIVERIES, DELIVERY_LATENCY_P99, FRAMES_IN, JOB_METRICS
 from pipeline.records import ContactWork
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = sorted((ROOT / "deploy" / "cloudformation").glob("*.yaml"))
 PIPELINE = ROOT / "deploy" / "cloudformation" / "pipeline.yaml"
 FLOW = ROOT / "deploy" / "connect" / "contact-flow.json"
-RUN_OPTIONS_GROUP = "kinesis.analytics.flink.run.options"
+RUN_OPTIONS_GROUP = package.RUN_OPTIONS_GROUP
 #: Regions Amazon Connect runs in: the template must lint in each, naming none of them.
 LINT_REGIONS = ["us-east-1", "us-west-2", "eu-west-2", "eu-central-1", "ap-southeast-2", "ap-northeast-1", "ca-central-1"]
 
@@ -72,6 +82,12 @@ def get_att(name: str, attribute: str) -> dict:
 def test_the_template_is_cfn_lint_clean_in_every_connect_region(path):
     matches = lint_file(path, config=ManualArgs(regions=LINT_REGIONS))
     assert [str(match) for match in matches] == []
+
+
+def test_the_template_fits_in_a_request():
+    # `cresta-pipeline deploy` sends it as TemplateBody, which CloudFormation takes up to
+    # 51,200 bytes (beyond that it must come from S3).
+    assert len(PIPELINE.read_bytes()) <= 51_200
 
 
 def strings(node, key: str = ""):
@@ -190,6 +206,109 @@ def test_cresta_failed_and_dropped_chunks_and_the_delivery_p99_have_alarms(resou
     assert alarms_on(resources, DELIVERY_LATENCY_P99.name, Application=ref("FlinkApplication"))
 
 
+#: Managed Flink's own metrics that alarms and the dashboard read.
+FLINK_METRICS = {"downtime", "numberOfFailedCheckpoints", "lastCheckpointDuration", "KPUs"}
+#: The values the job gives a dimension; "reason" takes the error reasons, open-ended.
+DIMENSION_VALUES = {"status": [status.value for status in DeliveryStatus], "reason": ["bad_magic"]}
+
+
+def exported_job_metrics() -> dict[str, tuple[str, frozenset[str]]]:
+    """What the job's functions register, as Managed Flink exports it to CloudWatch:
+    metric name → (kind, the dimensions it has beside Application).
+
+    Every catalogue metric is registered through ``_JobMetrics`` on PyFlink's Python metric
+    group (what a Python worker hands a function) and read back from Beam's metrics
+    container: the updates the worker sends to Flink's JVM. Their namespace is the group
+    path, names then types, which Flink's ``FlinkMetricContainer`` replays as
+    ``addGroup(name)`` / ``addGroup(key, value)``; a meter's time span comes last. AWS
+    exports metrics under a group named kinesisanalytics, with the key/value groups below it
+    as dimensions.
+    """
+    sampler = statesampler.StateSampler("job", CounterFactory())
+    statesampler.set_current_tracker(sampler)
+    container = MetricsContainer("operator")
+    base = GenericMetricGroup(None, None)
+    context = StreamingRuntimeContext("operator", "operator (1/1)", 1, 128, 0, 0, {}, base, None, False)
+    try:
+        with sampler.scoped_state(NameContext("operator"), "process", metrics_container=container):
+            metrics = _JobMetrics(context)
+            gauges = [spec for spec in JOB_METRICS if spec.kind == "gauge"]
+            for p50, p99 in zip(gauges[::2], gauges[1::2]):
+                assert (p50.name.endswith("_p50"), p99.name.endswith("_p99")) == (True, True)
+                metrics.percentiles(p50, p99)
+            for spec in (spec for spec in JOB_METRICS if spec.kind != "gauge"):
+                for value in DIMENSION_VALUES.get(spec.dimension, [None]):
+                    metrics.inc(spec, label=(spec.dimension, value) if value else None)
+            groups = [base]
+            while groups:  # what a Python worker does with gauges when a bundle finishes
+                group = groups.pop()
+                for name, read in group._flink_gauge.items():
+                    group._beam_gauge[name].set(read())
+                groups.extend(group._sub_groups)
+    finally:
+        statesampler.set_current_tracker(None)
+    updates = container.get_cumulative()
+    exported: dict[str, tuple[str, set[str]]] = {}
+    for key, kind in [*((key, "counter") for key in updates.counters), *((key, "gauge") for key in updates.gauges)]:
+        namespace = json.loads(key.metric.namespace)
+        if len(namespace) % 2:
+            namespace.pop()
+            kind = "meter"
+        names, types = namespace[: len(namespace) // 2], namespace[len(namespace) // 2:]
+        assert (names[0].lower(), types[0]) == ("kinesisanalytics", "MetricGroupType.generic"), key
+        assert types[1:] == ["MetricGroupType.key", "MetricGroupType.value"] * (len(types) // 2), key
+        exported.setdefault(key.metric.name, (kind, set()))[1].update(names[1::2])
+    return {name: (kind, frozenset(dimensions)) for name, (kind, dimensions) in exported.items()}
+
+
+def test_the_job_registers_every_catalogue_metric_where_managed_flink_exports_it():
+    exported = exported_job_metrics()
+    assert exported == {spec.name: (spec.kind, frozenset({spec.dimension} - {""})) for spec in JOB_METRICS}
+
+
+def test_a_metric_is_split_only_by_the_dimension_the_catalogue_names():
+    context = StreamingRuntimeContext("operator", "operator (1/1)", 1, 128, 0, 0, {}, GenericMetricGroup(None, None), None, False)
+    metrics = _JobMetrics(context)
+    with pytest.raises(ValueError, match="status"):
+        metrics.inc(DELIVERIES, label=("reason", "bad_magic"))
+    with pytest.raises(ValueError, match="status"):
+        metrics.inc(DELIVERIES)
+    with pytest.raises(ValueError):
+        metrics.inc(FRAMES_IN, label=("status", "SENT"))
+
+
+def job_metrics_read_by_the_stack(resources) -> list[tuple[str, dict]]:
+    """(metric name, dimensions) of every AWS/KinesisAnalytics metric an alarm or the
+    dashboard reads, other than Managed Flink's own."""
+    read = [
+        (metric["MetricName"], {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])})
+        for alarm in of_type(resources, "AWS::CloudWatch::Alarm").values() for metric in alarm_metrics(alarm)
+        if metric["Namespace"] == "AWS/KinesisAnalytics"
+    ]
+    body = resources["PipelineDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    dashboard = json.loads(body)  # every ${…} is inside a JSON string
+    for widget in dashboard["widgets"]:
+        for row in widget["properties"]["metrics"]:
+            if row[0] == "AWS/KinesisAnalytics":
+                pairs = [item for item in row[2:] if isinstance(item, str)]
+                dimensions = dict(zip(pairs[::2], pairs[1::2]))
+                if dimensions.get("Application") == "${FlinkApplication}":
+                    dimensions["Application"] = ref("FlinkApplication")
+                read.append((row[1], dimensions))
+    return [(name, dimensions) for name, dimensions in read if name not in FLINK_METRICS]
+
+
+def test_the_alarms_and_dashboard_read_the_metrics_the_job_exports(resources):
+    exported = exported_job_metrics()
+    read = job_metrics_read_by_the_stack(resources)
+    assert {name for name, _ in read} >= {DELIVERIES.name, DELIVERY_LATENCY_P99.name}
+    for name, dimensions in read:
+        assert name in exported, f"{name}: not a metric of pipeline/metrics.py"
+        assert dimensions.pop("Application") == ref("FlinkApplication"), name
+        assert set(dimensions) == exported[name][1], (name, dimensions)
+        assert all(value in DIMENSION_VALUES[key] for key, value in dimensions.items()), (name, dimensions)
+
+
 def test_every_alarm_notifies_the_alarm_topic(resources):
     for name, alarm in of_type(resources, "AWS::CloudWatch::Alarm").items():
         assert ref("AlarmTopic") in alarm["Properties"]["AlarmActions"], name
@@ -266,12 +385,29 @@ def property_groups(flink: dict) -> dict[str, dict]:
     return {group["PropertyGroupId"]: group["PropertyMap"] for group in groups}
 
 
-def test_the_flink_application_runs_python_on_flink_1_20(flink):
+def test_the_flink_application_runs_the_packaged_zip_on_flink_1_20(flink, resources):
     assert flink["RuntimeEnvironment"] == "FLINK-1_20"
-    run_options = property_groups(flink)[RUN_OPTIONS_GROUP]
-    assert set(run_options) == {"python", "jarfile"}
+    # The files of the zip `cresta-pipeline package` builds (tests/unit/test_deploy_packaging.py
+    # runs its entry from them).
+    assert property_groups(flink)[RUN_OPTIONS_GROUP] == package.run_options()
     code = flink["ApplicationConfiguration"]["ApplicationCodeConfiguration"]
     assert code["CodeContentType"] == "ZIPFILE"
+    assert code["CodeContent"]["S3ContentLocation"] == {
+        "BucketARN": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}"}, "FileKey": ref("FlinkApplicationKey"),
+    }
+    (statement,) = [
+        statement for name, statement in policy_statements(resources)
+        if name == "FlinkRole" and "s3:GetObject" in as_list(statement["Action"])
+        and statement["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${FlinkApplicationKey}"}
+    ]
+    assert statement["Effect"] == "Allow"
+
+
+def test_the_lambdas_run_handlers_of_the_packaged_lambda_zip(resources):
+    for function in of_type(resources, "AWS::Lambda::Function").values():
+        properties = function["Properties"]
+        assert properties["Code"] == {"S3Bucket": ref("ArtifactBucket"), "S3Key": ref("LambdaCodeKey")}
+        assert properties["Handler"].rpartition(".")[0] in package.LAMBDA_HANDLER_MODULES
 
 
 def test_every_property_is_a_setting_of_the_pipelines_config(flink):
@@ -280,8 +416,8 @@ def test_every_property_is_a_setting_of_the_pipelines_config(flink):
         for name in properties
     ]
     assert set(keys) <= set(SETTING_BY_KEY), set(keys) - set(SETTING_BY_KEY)
-    assert {"kinesis.audio_frames_stream", "kinesis.contact_events_stream", "audit.path", "cresta.ws_url",
-            "cresta.auth_url"} <= set(keys)
+    # The zip's application_properties.json template lists the same keys.
+    assert sorted(keys) == sorted(package.DEPLOYMENT_SETTINGS)
 
 
 def test_the_job_reads_the_stacks_streams_and_writes_to_its_bucket(flink):
@@ -289,6 +425,15 @@ def test_the_job_reads_the_stacks_streams_and_writes_to_its_bucket(flink):
     assert groups["kinesis"]["audio_frames_stream"] == ref("AudioFramesStream")
     assert groups["kinesis"]["contact_events_stream"] == ref("ContactEventsStream")
     assert groups["audit"]["path"] == {"Fn::Sub": "s3://${AuditBucket}/audit"}
+
+
+def test_the_job_reads_cresta_credentials_from_the_stacks_secret(flink, resources):
+    assert property_groups(flink)["cresta"]["oauth_secret_arn"] == ref("CrestaCredentialsSecret")
+    assert any(
+        name == "FlinkRole" and statement["Action"] == "secretsmanager:GetSecretValue"
+        and statement["Resource"] == ref("CrestaCredentialsSecret")
+        for name, statement in policy_statements(resources)
+    )
 
 
 def test_checkpointing_parallelism_autoscaling_and_logging_are_configured(flink, resources):
@@ -299,7 +444,9 @@ def test_checkpointing_parallelism_autoscaling_and_logging_are_configured(flink,
     assert checkpoints["CheckpointInterval"] == property_groups(flink)["flink"]["checkpoint_interval_ms"]
     parallelism = configuration["ParallelismConfiguration"]
     assert parallelism["AutoScalingEnabled"] is True
-    assert parallelism["Parallelism"] == property_groups(flink)["flink"]["parallelism"]
+    assert parallelism["Parallelism"] == ref("FlinkParallelism")
+    # The job sets a parallelism only on a local minicluster; none is given to it here.
+    assert "parallelism" not in property_groups(flink)["flink"]
     (logging_option,) = of_type(resources, "AWS::KinesisAnalyticsV2::ApplicationCloudWatchLoggingOption").values()
     assert logging_option["Properties"]["ApplicationName"] == ref("FlinkApplication")
 

@@ -42,4 +42,4 @@ def test_a_percentile_outside_0_to_100_is_refused(q):
 def test_metric_names_are_unique_and_documented():
     names = [metric.name for metric in JOB_METRICS]
     assert len(names) == len(set(names))
-    assert all(metric.doc and metric.kind in ("counter", "gauge") for metric in JOB_METRICS)
+    assert all(metric.doc and metric.kind in ("counter", "meter", "gauge") for metric in JOB_METRICS)
