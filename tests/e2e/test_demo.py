@@ -9,43 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 
+from demo_cli import CALL_SECONDS, CALLS, CHUNK_MS, run_demo_cli
 from pipeline.audio import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, pcm16_to_mulaw, read_wav
 
 pytestmark = pytest.mark.e2e
-
-CALLS = 2
-CALL_SECONDS = 4
-CHUNK_MS = 100
-
-
-def run_demo_cli(out: Path, *extra: str) -> dict:
-    """`cresta-pipeline demo` as a user runs it; returns the summary from its last line."""
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "jobs.cli", "demo",
-            "--calls", str(CALLS), "--call-seconds", str(CALL_SECONDS),
-            "--chunk-ms", str(CHUNK_MS), "--audit-audio", "--json", "--out", str(out), *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("demo")
-    return out, run_demo_cli(out)
-
 
 def test_summary_reports_every_chunk_once(demo_run):
     summary = demo_run[1]
@@ -71,6 +43,15 @@ def assert_every_sample_once(summary: dict) -> None:
 def test_summary_json_file_matches_stdout(demo_run):
     out, summary = demo_run
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_the_job_log_shows_the_settings_without_the_media_token(demo_run):
+    out, _ = demo_run
+    started = [line for line in (out / "logs" / "job.log").read_text().splitlines() if " with {" in line]
+    assert started, "the job did not log its settings"
+    settings = json.loads(started[0].split(" with ", 1)[1])
+    # The demo gives the job a random token; the log only says one is set.
+    assert settings["cresta.media_token"] == "<set>"
 
 
 def test_audit_trail_holds_the_source_audio_exactly(demo_run):
