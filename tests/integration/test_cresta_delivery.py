@@ -10,6 +10,7 @@ import logging
 import threading
 
 import boto3
+import numpy as np
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -21,10 +22,11 @@ from connectors.cresta import (
     WebSocketOptions,
     adapter_factory,
 )
-from connectors.cresta.delivery import CrestaDelivery
+from connectors.cresta.auth import DEFAULT_MAX_RETRIES
+from connectors.cresta.settings import CrestaSettings, create_delivery_service
 from emulators.cresta import CrestaEmulator
 from pipeline.assembler import AudioChunk, ContactInfo
-from pipeline.audio import mulaw_to_pcm16
+from pipeline.audio import mulaw_to_pcm16, pcm16_to_mulaw
 from pipeline.audit import DeliveryStatus
 from pipeline.config import load_config
 from pipeline.delivery_policy import BreakerState, PolicySettings
@@ -57,6 +59,9 @@ def collapse(seqs: list[int]) -> list[int]:
 def emulator():
     with CrestaEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, media_token=MEDIA_TOKEN) as running:
         yield running
+        # A stalled reader never ends its connection, so stop() would wait for it forever
+        # after a test that failed mid-stall.
+        running.faults.clear()
 
 
 @pytest.fixture
@@ -236,6 +241,75 @@ def test_a_slow_reader_costs_dropped_audio_not_memory_or_a_blocked_caller(emulat
     assert emulator.violations() == []
 
 
+def noise_chunk(contact_id: str, seq: int) -> AudioChunk:
+    """One second of noise: too many chunks for ``chunk``'s tags, and barely compressible."""
+    pcm = np.random.default_rng(seq).integers(-20000, 20000, 8000).astype("<i2").tobytes()
+    return AudioChunk(contact_id, Track.CUSTOMER, seq, 1_000 * seq, 8000, pcm, False, ContactInfo(), False, 1_000)
+
+
+#: How long a send may take before it counts as held up: far more than loopback needs
+#: for one chunk, so only a full socket (a reader that stopped) holds a send this long.
+HELD_UP_S = 2.0
+#: Audio a stalled reader would have taken before anything pushed back, were nothing to:
+#: about 50 MB on the wire, where loopback's buffers hold a few MB.
+UNBOUNDED_CHUNKS = 3000
+
+
+def test_a_stalled_reader_pushes_back_and_only_the_buffer_is_held(emulator, make_service):
+    # No keepalive or send timeout: the stream stays up, so only backpressure acts.
+    options = WebSocketOptions(ping_interval_s=600, ping_timeout_s=600, send_timeout_s=600)
+    service = make_service(emulator.ws_url, provider_for(emulator), PolicySettings(buffer_ms=5000, **FAST_TIMERS),
+                           options=options)
+    service.submit(noise_chunk("c", 0))
+    assert statuses(drain_all(service)) == [(0, SENT)]
+    emulator.faults.stall()
+    # The socket takes chunks while its buffers fill, then a send waits.
+    seq = 1
+    while True:
+        service.submit(noise_chunk("c", seq))
+        service.drain(HELD_UP_S)
+        if service.outstanding:
+            break
+        seq += 1
+        assert seq < UNBOUNDED_CHUNKS, "a stalled reader took every chunk: nothing pushes back"
+    held_up = seq
+    # Behind the waiting send, the buffer takes 4 s more; the rest is DROPPED at once.
+    later = range(held_up + 1, held_up + 21)
+    for seq in later:
+        service.submit(noise_chunk("c", seq))
+        assert service.buffered_ms("c") <= 5000
+    assert statuses(service.poll_receipts()) == [(seq, DROPPED) for seq in later[4:]]
+
+    emulator.faults.resume()
+    assert statuses(drain_all(service)) == [(seq, SENT) for seq in range(held_up, held_up + 5)]
+    # Cresta took audio again, so the contact stops dropping.
+    service.submit(noise_chunk("c", later[-1] + 1))
+    service.close_contact("c")
+    assert statuses(drain_all(service)) == [(later[-1] + 1, SENT)]
+    wait_for(lambda: stopped(emulator, "c"), "the stream stops")
+    sent = [*range(held_up + 5), later[-1] + 1]
+    assert emulator.calls()["c"].tracks["inbound"] == b"".join(pcm16_to_mulaw(noise_chunk("c", s).pcm) for s in sent)
+    assert emulator.violations() == []
+
+
+def test_a_token_endpoint_outage_is_ridden_out(emulator, make_service):
+    # Two token fetches fail with every retry; the third answers.
+    emulator.faults.fail_token_requests(503, count=2 * (DEFAULT_MAX_RETRIES + 1))
+    tokens = CrestaTokenProvider(
+        emulator.auth_url, StaticCredentials(CLIENT_ID, CLIENT_SECRET), retry_base_delay_s=0.001
+    )
+    service = make_service(emulator.ws_url, tokens, PolicySettings(**FAST_TIMERS))
+    for seq in range(5):
+        service.submit(chunk("c", seq))
+    service.close_contact("c")
+    assert statuses(drain_all(service)) == [(seq, SENT) for seq in range(5)]
+    assert emulator.faults.next_token_failure() is None and emulator.token_requests == 1
+    wait_for(lambda: stopped(emulator, "c"), "the stream stops")
+    record = emulator.calls()["c"]
+    assert collapse(seqs_received(record.tracks["inbound"])) == list(range(5)) and len(record.call_ids) == 1
+    assert emulator.violations() == []
+
+
 # --- a rotated secret, from Secrets Manager to the stream ----------------------------------
 
 
@@ -295,14 +369,16 @@ def test_a_rotated_secret_is_picked_up_without_a_restart_and_never_logged(
     service.submit(chunk("after-expiry", 2))
     assert statuses(drain_all(service)) == [(2, SENT)]
 
-    assert set(emulator.calls()) == {"before", "after-revocation", "after-expiry"}
+    # SENT is handed to the socket; the emulator reads the last stream's start a moment later.
+    calls = {"before", "after-revocation", "after-expiry"}
+    wait_for(lambda: set(emulator.calls()) == calls, "every stream's start is read")
     assert emulator.token_requests == 3
     assert "renewing the token" in caplog.text and "reading the credentials again" in caplog.text
     for credential in [CLIENT_SECRET, ROTATED, ROTATED_AGAIN, MEDIA_TOKEN, *emulator.issued_tokens()]:
         assert credential not in caplog.text
 
 
-def test_the_job_s_synchronous_delivery_from_config_delivers_and_closes(emulator, monkeypatch):
+def test_the_service_built_from_the_job_s_config_delivers_and_closes(emulator, monkeypatch):
     monkeypatch.setenv("CRESTA_CLIENT_ID", CLIENT_ID)
     monkeypatch.setenv("CRESTA_CLIENT_SECRET", CLIENT_SECRET)
     config = load_config(
@@ -314,13 +390,16 @@ def test_the_job_s_synchronous_delivery_from_config_delivers_and_closes(emulator
             "cresta.attribute_allowlist": "queue",
         },
     )
-    delivery = CrestaDelivery.from_config(config)
+    service = create_delivery_service(CrestaSettings.from_config(config))
     try:
-        receipts = [delivery.deliver(chunk("job-contact", seq)) for seq in range(3)]
-        delivery.close_contact("job-contact")
+        for seq in range(3):
+            service.submit(chunk("job-contact", seq))
+        service.close_contact("job-contact")
+        delivered = drain_all(service)
     finally:
-        delivery.close_all()
-    assert [r.status for r in receipts] == [SENT] * 3 and [r.attempts for r in receipts] == [1] * 3
+        service.close()
+    assert statuses(delivered) == [(seq, SENT) for seq in range(3)]
+    assert [d.receipt.attempts for d in delivered] == [1] * 3
     emulator.wait_connections_closed(1)
     record = emulator.calls()["job-contact"]
     assert record.stopped and record.custom_parameters["queue"] == "billing"

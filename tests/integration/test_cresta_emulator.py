@@ -41,6 +41,9 @@ def emulator():
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET, media_token=MEDIA_TOKEN
     ) as running:
         yield running
+        # A stalled reader never ends its connection, so stop() would wait for it forever
+        # after a test that failed mid-stall.
+        running.faults.clear()
 
 
 def provider_for(emulator, client_secret: str = CLIENT_SECRET) -> CrestaTokenProvider:
@@ -395,6 +398,8 @@ BAD_STREAMS = {
         changed(1, lambda m: m["start"]["customParameters"].pop("CallId")),
         "customParameters.CallId is missing",
     ),
+    "no-payload": (changed(2, lambda m: m["media"].pop("payload")), "media.payload is missing"),
+    "stream-sid": (changed(2, lambda m: m.update(streamSid="MZ" + "ef" * 16)), "differs from the started stream"),
 }
 
 
@@ -478,6 +483,63 @@ def test_token_requests_can_be_failed(emulator, status):
     emulator.faults.fail_token_requests(status, count=2)
     responses = [httpx.post(token_url(emulator), auth=(CLIENT_ID, CLIENT_SECRET), json={"grant_type": "client_credentials"}) for _ in range(3)]
     assert [r.status_code for r in responses] == [status, status, 200]
+
+
+class CountingCredentials(StaticCredentials):
+    def __init__(self) -> None:
+        super().__init__(CLIENT_ID, CLIENT_SECRET)
+        self.loads = 0
+
+    def load(self):
+        self.loads += 1
+        return super().load()
+
+
+def test_an_injected_401_makes_the_provider_read_the_credentials_again_once(emulator):
+    emulator.faults.fail_token_requests(401)
+    credentials = CountingCredentials()
+    token = CrestaTokenProvider(emulator.auth_url, credentials).token()
+    assert credentials.loads == 2
+    with connect(emulator.ws_url, additional_headers={"Authorization": f"Bearer {token}"}):
+        pass
+
+    emulator.faults.fail_token_requests(401, count=2)
+    credentials = CountingCredentials()
+    with pytest.raises(CrestaAuthError, match="HTTP 401") as raised:
+        CrestaTokenProvider(emulator.auth_url, credentials).token()
+    assert raised.value.status_code == 401 and credentials.loads == 2
+
+
+#: Cresta's rule: cached until expires_in − 5 min, or for half of it when that is shorter.
+@pytest.mark.parametrize(("token_ttl_s", "cached_for"), [(3600, 3300), (240, 120)])
+def test_cached_tokens_are_renewed_before_the_emulator_expires_them(token_ttl_s, cached_for, caplog):
+    now = [0.0]
+    with CrestaEmulator(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        media_token=MEDIA_TOKEN,
+        token_ttl_s=token_ttl_s,
+        clock=lambda: now[0],
+    ) as expiring:
+        provider = CrestaTokenProvider(
+            expiring.auth_url, StaticCredentials(CLIENT_ID, CLIENT_SECRET), clock=lambda: now[0]
+        )
+        # A stream every half cache lifetime, over three token lifetimes: each refresh
+        # comes due between two streams, and every token issued expires on the way.
+        opens = [step * cached_for / 2 for step in range(int(6 * token_ttl_s / cached_for) + 1)]
+        for number, at in enumerate(opens):
+            now[0] = at
+            stream = adapter(expiring.ws_url, provider)
+
+            async def open_and_close():
+                await stream.open_contact(StreamContact(f"contact-{number}"))
+                await stream.close_contact()
+
+            run(open_and_close())
+        expiring.wait_connections_closed(len(opens))
+        assert expiring.token_requests == int(opens[-1] // cached_for) + 1
+        assert expiring.violations() == []
+    assert "HTTP 401" not in caplog.text
 
 
 def test_the_token_provider_retries_an_injected_503(emulator):
