@@ -530,7 +530,8 @@ class CrestaEmulator:
         stream: _StreamState | None = None
         try:
             while True:
-                while self.faults.stalled:
+                # A stop ends the stall: the server waits for every handler before it closes.
+                while self.faults.stalled and not self._stop_serving.is_set():
                     await asyncio.sleep(FAULT_POLL_S)
                 try:
                     message = await connection.recv()

@@ -6,6 +6,7 @@ import base64
 import doctest
 import json
 import re
+import threading
 from itertools import zip_longest
 
 import httpx
@@ -41,9 +42,6 @@ def emulator():
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET, media_token=MEDIA_TOKEN
     ) as running:
         yield running
-        # A stalled reader never ends its connection, so stop() would wait for it forever
-        # after a test that failed mid-stall.
-        running.faults.clear()
 
 
 def provider_for(emulator, client_secret: str = CLIENT_SECRET) -> CrestaTokenProvider:
@@ -583,6 +581,20 @@ def test_a_stalled_emulator_reads_nothing_until_it_resumes(emulator, provider):
         emulator.faults.resume()
     emulator.wait_connections_closed(1)
     assert emulator.calls()["raw-call"].stopped
+
+
+def test_stopping_a_stalled_emulator_ends_its_connections():
+    emulator = CrestaEmulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, media_token=MEDIA_TOKEN)
+    emulator.start()
+    emulator.faults.stall()
+    provider = provider_for(emulator)
+    with connect(emulator.ws_url, additional_headers=bearer(provider)) as ws:
+        ws.send(GOOD[0])
+        stopping = threading.Thread(target=emulator.stop, daemon=True)
+        stopping.start()
+        # A guard against hanging the suite, not a speed claim: stop() used to wait forever.
+        stopping.join(timeout=60)
+        assert not stopping.is_alive(), "stop() waits for the stalled connection"
 
 
 def test_slow_reads_still_read_everything_in_order(emulator, provider):
