@@ -287,6 +287,10 @@ class AuditTrail:
         return set(table["contact_id"].to_pylist()) if table is not None else set()
 
 
+#: Contact attributes the demo sends to Cresta (and keeps in the audit).
+DEMO_ATTRIBUTE_ALLOWLIST = "Language"
+
+
 def run_demo(options: DemoOptions) -> DemoReport:
     out = options.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -311,6 +315,8 @@ def run_demo(options: DemoOptions) -> DemoReport:
                 "assembler.chunk_ms": options.chunk_ms,
                 "audit.path": audit_uri,
                 "audit.include_audio": options.audit_audio,
+                # The calls also carry CustomerTier, which stays in the account.
+                "cresta.attribute_allowlist": DEMO_ATTRIBUTE_ALLOWLIST,
                 "flink.parallelism": options.parallelism,
                 "job.fail_once_file": str(fail_file) if options.fail_job_after_s is not None else "",
             },

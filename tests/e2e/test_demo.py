@@ -84,7 +84,9 @@ def assert_audit_holds_source_audio(out: Path, summary: dict, whole_chunks: bool
             assert all(r["pcm_sha256"] == hashlib.sha256(r["pcm"]).hexdigest() for r in chunks)
             assert all(r["delivery_status"] == "SENT" for r in chunks if r["sample_count"])
             assert {r["attributes_missing"] for r in chunks} == {False}
-            assert json.loads(chunks[0]["attributes"])["Language"] == "en-US"
+            # Only the allowlisted attribute: CustomerTier stays out of Cresta and the audit.
+            assert {json.loads(r["attributes"])["Language"] for r in chunks} == {"en-US"}
+            assert not any("CustomerTier" in json.loads(r["attributes"]) for r in chunks)
 
 
 def test_cresta_received_the_mulaw_of_the_source(demo_run):
