@@ -3,8 +3,9 @@
     python -m bench.connector [--contacts 50,100,200,300] [--seconds 20] [--start-spread-seconds 1]
 
 For each N the local stack's parts run in processes of their own, so that each one's CPU
-can be read from ``/proc``: moto three times (Kinesis; SQS and the KVS control plane;
-DynamoDB), the KVS media emulator, and one connector worker (``ConnectorWorker`` with a
+can be read from ``/proc``: moto four times (Kinesis, SQS, the KVS control plane,
+DynamoDB; served by waitress, see ``_serve_moto``), the KVS media emulator, and one
+connector worker (``ConnectorWorker`` with a
 ``KinesisRecordProducer``, wired as ``cresta-pipeline connector run`` wires them, with the
 checkpoint table). This process is the load generator: N contacts, each on a KVS stream of
 its own, each writing one pre-built 1 s Connect fragment per second in real time
@@ -53,8 +54,10 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
+from moto import backends as moto_backends
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.sqs.models import Message, SQSBackend
+from waitress.server import create_server
 
 from connectors.kinesis.producer import KinesisRecordProducer
 from connectors.kinesis.reader import read_all_records
@@ -83,13 +86,18 @@ MAX_IDLE_S: Final = 3.0
 WRITER_THREADS: Final = 8
 ENQUEUER_THREADS: Final = 4
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-#: One moto process per group of services, named as in the CPU columns, so that they do
-#: not share a GIL, as AWS's services share nothing: moto takes ~7 ms of CPU per
+#: Sizes the moto servers' connection limits (each contact thread may hold connections).
+MAX_CONTACTS: Final = 1000
+#: One moto process per service, named as in the CPU columns, so that they do not share
+#: a GIL or a request queue, as AWS's services share nothing: moto takes ~7 ms of CPU per
 #: conditional UpdateItem, and the checkpoints of contacts that started together, due
-#: together, held up PutRecords (the measured path) and the work queue in one process.
+#: together, held up PutRecords (the measured path) and the work queue in one process;
+#: and the GetDataEndpoint of each contact that started slowed the work queue's
+#: ReceiveMessage, which delivers the next contacts.
 MOTO_SERVICES: Final = {
     "moto Kinesis": ("kinesis",),
-    "moto SQS": ("sqs", "kinesisvideo"),
+    "moto SQS": ("sqs",),
+    "moto KVS": ("kinesisvideo",),
     "moto DynamoDB": ("dynamodb",),
 }
 
@@ -103,18 +111,33 @@ def _retention_check_reading_one_attribute(backend: SQSBackend, queue_name: str,
 
 
 def _serve_moto(conn: Connection) -> None:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # moto checks each message it returns against the queue's retention period by
     # computing every queue attribute, message counts included: with 300 work items in
     # flight a ReceiveMessage of 10 took 0.14 s, and 300 contacts starting together
     # reached the worker over 6 s. The same check, reading the one attribute.
     SQSBackend.is_message_valid_based_on_retention_period = _retention_check_reading_one_attribute
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    conn.send(f"http://{host}:{port}")
+    # moto lists its package directory (some 180 stat calls) on every request to tell
+    # whether the Host header names a service; the directory does not change.
+    moto_modules = tuple(moto_backends.list_of_moto_modules())
+    moto_backends.list_of_moto_modules = lambda: moto_modules
+    # moto's own server is Werkzeug's development server, which closes the connection
+    # after every response and starts a thread per request: each AWS call paid a TCP
+    # handshake and a thread, and 300 contact threads connecting at once overflowed its
+    # listen queue of 128, so some calls waited out SYN retransmits (1 s, 3 s). waitress
+    # serves the same WSGI application with keep-alive and a fixed pool of threads.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    server = create_server(
+        DomainDispatcherApplication(create_backend_app),
+        host="127.0.0.1",
+        port=0,
+        connection_limit=4 * MAX_CONTACTS,
+        backlog=4 * MAX_CONTACTS,
+        asyncore_use_poll=True,
+    )
+    threading.Thread(target=server.run, name="moto", daemon=True).start()
+    conn.send(f"http://127.0.0.1:{server.effective_port}")
     conn.recv()
-    server.stop()
+    server.close()
 
 
 def _serve_kvs_media(conn: Connection) -> None:
@@ -463,6 +486,9 @@ class RunResult:
     duplicates: int
     ends: int
     worker_stats: dict[str, int]
+    #: Fragment p99 by the fragment's second in its contact, warm-up included: where the
+    #: tail comes from (the pick-up of contacts that start together, or steady load).
+    fragment_p99_ms_by_second: dict[int, float] = field(default_factory=dict)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -604,11 +630,14 @@ def _summarize(
         arrivals[(frame.contact_id, frame.fragment_number)].append(frame.arrived_at)
     frame_latencies: list[float] = []
     fragment_latencies: list[float] = []
+    by_second: dict[int, list[float]] = defaultdict(list)
     missing = 0
     for key, write in written.items():
+        arrived = arrivals.get(key)
+        if arrived:
+            by_second[write.index].append(max(arrived) - write.written_at)
         if write.index < warmup_s:
             continue
-        arrived = arrivals.get(key)
         if not arrived:
             missing += 1
             continue
@@ -633,6 +662,9 @@ def _summarize(
         duplicates=duplicates,
         ends=ends,
         worker_stats=worker_stats,
+        fragment_p99_ms_by_second={
+            second: 1000 * percentile(latencies, 0.99) for second, latencies in sorted(by_second.items())
+        },
     )
 
 
@@ -649,7 +681,7 @@ def _counts(text: str) -> list[int]:
 def _print_table(results: Sequence[RunResult]) -> None:
     header = (
         f"{'contacts':>8} {'frames':>7} {'rec/s':>6} {'frame p50':>9} {'frame p99':>9} "
-        f"{'frag p50':>8} {'frag p99':>8} {'worker':>7} {'moto KDS':>8} {'SQS':>4} {'DDB':>4} "
+        f"{'frag p50':>8} {'frag p99':>8} {'worker':>7} {'moto KDS':>8} {'SQS':>4} {'KVS':>4} {'DDB':>4} "
         f"{'KVS emu':>7} {'loadgen':>7} "
         f"{'others':>7} {'late p99':>8} {'reord':>5} {'dups':>5} {'back':>4} {'calls':>6}"
     )
@@ -659,7 +691,7 @@ def _print_table(results: Sequence[RunResult]) -> None:
         print(
             f"{r.contacts:>8} {r.frames_measured:>7} {r.records_per_s:>6.0f} {r.frame_p50_ms:>7.0f}ms "
             f"{r.frame_p99_ms:>7.0f}ms {r.fragment_p50_ms:>6.0f}ms {r.fragment_p99_ms:>6.0f}ms "
-            f"{cpu['worker']:>6.0f}% {cpu['moto Kinesis']:>7.0f}% {cpu['moto SQS']:>3.0f}% "
+            f"{cpu['worker']:>6.0f}% {cpu['moto Kinesis']:>7.0f}% {cpu['moto SQS']:>3.0f}% {cpu['moto KVS']:>3.0f}% "
             f"{cpu['moto DynamoDB']:>3.0f}% {cpu['KVS emulator']:>6.0f}% "
             f"{cpu['load generator']:>6.0f}% {r.others_cpu_percent:>6.0f}% {r.writer_late_p99_ms:>6.0f}ms "
             f"{r.reordered:>5} {r.duplicates:>5} {r.worker_stats.get('contacts_handed_back', 0):>4} "
@@ -667,11 +699,14 @@ def _print_table(results: Sequence[RunResult]) -> None:
         )
     print(
         "frame: fragment written → frame's record in KDS; frag: → its last frame in KDS (fragments after the "
-        "warm-up). CPU in % of one core over the steady part (moto KDS / SQS / DDB: the moto processes of Kinesis, "
-        "SQS with the KVS control plane, DynamoDB); others: the rest of the machine. late: how late "
+        "warm-up). CPU in % of one core over the steady part (moto KDS / SQS / KVS / DDB: the moto processes of "
+        "Kinesis, SQS, the KVS control plane, DynamoDB); others: the rest of the machine. late: how late "
         "the load generator posted. reord/dups: frames out of order / duplicated per contact and track; back: contacts "
         "the worker handed back to the queue (a re-read replays from the last checkpoint)."
     )
+    print("fragment p99 by the fragment's second in its contact (warm-up included), ms:")
+    for r in results:
+        print(f"{r.contacts:>8}  " + " ".join(f"{p99:.0f}" for p99 in r.fragment_p99_ms_by_second.values()))
     for r in results:
         if r.frames_missing or r.ends != r.contacts:
             print(
@@ -705,7 +740,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must exceed --warmup-seconds plus --start-spread-seconds")
     producer_options = _producer_options(args.producer_option)
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-connector-") as log_dir:
         for count in args.contacts:

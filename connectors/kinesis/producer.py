@@ -166,7 +166,11 @@ class KinesisRecordProducer:
         self.max_retry_backoff_s = max_retry_backoff_s
         self.max_calls_in_flight = max_calls_in_flight
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        # Two conditions on one lock, so that a put wakes a sender only, and a call's
+        # result wakes the threads waiting for records to be written: with every contact
+        # thread of a worker on one condition, each put woke every waiting flush.
+        self._sendable = threading.Condition(self._lock)
+        self._written = threading.Condition(self._lock)
         # Unwritten records per key, oldest first. A key in _in_flight has its head in a call.
         self._by_key: dict[str, deque[_Entry]] = {}
         self._in_flight: set[str] = set()
@@ -201,9 +205,9 @@ class KinesisRecordProducer:
         entry_size = len(data) + len(partition_key.encode())
         if entry_size > MAX_RECORD_BYTES:
             raise ValueError(f"record of {entry_size} bytes exceeds the {MAX_RECORD_BYTES}-byte limit")
-        with self._changed:
+        with self._lock:
             while len(self._outstanding) >= self.max_buffered_records and not self._stopped():
-                self._changed.wait()
+                self._written.wait()
             self._raise_if_stopped()
             entry = _Entry(self._next_sequence, bytes(data), partition_key)
             self._next_sequence += 1
@@ -212,26 +216,41 @@ class KinesisRecordProducer:
             pending.append(entry)
             if len(pending) == 1:
                 self._make_ready(partition_key)
-            self._changed.notify_all()
+                # A sender waits without a deadline only while nothing is ready, and
+                # until a call is due otherwise: only these two changes concern it.
+                if len(self._ready) == 1 or self._ready_is_full():
+                    self._sendable.notify()
 
-    def flush(self, timeout_s: float | None = None) -> None:
-        """Block until every record put before this call is written."""
+    def flush(self, timeout_s: float | None = None, partition_key: str | None = None) -> None:
+        """Block until every record put before this call (of ``partition_key`` only, if
+        given) is written.
+
+        Flushing everything is a barrier (shutdown): while it waits the senders send
+        without lingering. One key's flush waits as that key's records do.
+        """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._changed:
+        with self._lock:
             target = self._next_sequence
-            # While anyone waits in flush() the senders do not linger.
-            self._flush_waiters += 1
-            self._changed.notify_all()
+            if partition_key is None:
+                self._flush_waiters += 1
+                self._sendable.notify_all()
             try:
-                while self._outstanding and next(iter(self._outstanding)) < target:
+                while self._unwritten_before(target, partition_key):
                     if self._failure is not None:
                         raise ProducerError(f"producer failed: {self._failure}") from self._failure
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError(f"{len(self._outstanding)} records still unsent")
-                    self._changed.wait(remaining)
+                    self._written.wait(remaining)
             finally:
-                self._flush_waiters -= 1
+                if partition_key is None:
+                    self._flush_waiters -= 1
+
+    def _unwritten_before(self, target: int, partition_key: str | None) -> bool:
+        if partition_key is None:
+            return bool(self._outstanding) and next(iter(self._outstanding)) < target
+        pending = self._by_key.get(partition_key)
+        return bool(pending) and pending[0].sequence < target
 
     def close(self, timeout_s: float | None = None) -> None:
         """Flush, then stop the sender threads."""
@@ -239,9 +258,9 @@ class KinesisRecordProducer:
             if self._failure is None:
                 self.flush(timeout_s)
         finally:
-            with self._changed:
+            with self._lock:
                 self._closing = True
-                self._changed.notify_all()
+                self._notify_all()
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             for sender in self._senders:
                 sender.join(None if deadline is None else max(deadline - time.monotonic(), 0))
@@ -258,6 +277,10 @@ class KinesisRecordProducer:
             return len(self._outstanding)
 
     # -- senders -----------------------------------------------------------------------
+
+    def _notify_all(self) -> None:
+        self._sendable.notify_all()
+        self._written.notify_all()
 
     def _stopped(self) -> bool:
         return self._closing or self._failure is not None
@@ -285,21 +308,21 @@ class KinesisRecordProducer:
 
     def _next_batch(self) -> list[_Entry] | None:
         """The heads of the longest-waiting ready keys, once a call is due; None to stop."""
-        with self._changed:
+        with self._lock:
             while True:
                 if self._failure is not None or (self._closing and not self._ready):
                     return None
                 now = time.monotonic()
                 if not self._ready:
-                    self._changed.wait()
+                    self._sendable.wait()
                 elif now < self._resume_at:
-                    self._changed.wait(self._resume_at - now)
+                    self._sendable.wait(self._resume_at - now)
                 else:
                     oldest_key = self._ready[0][1]
                     due = self._by_key[oldest_key][0].put_at + self.linger_s
                     if now >= due or self._closing or self._flush_waiters or self._ready_is_full():
                         return self._take_ready()
-                    self._changed.wait(due - now)
+                    self._sendable.wait(due - now)
 
     def _ready_is_full(self) -> bool:
         return len(self._ready) >= self.max_batch_records or self._ready_bytes >= self.max_batch_bytes
@@ -332,9 +355,9 @@ class KinesisRecordProducer:
                 isinstance(exc, ClientError) and code not in RETRYABLE_ERROR_CODES
             ):
                 log.error("PutRecords to %s failed for good: %s", self.stream_name, exc)
-                with self._changed:
+                with self._lock:
                     self._failure = exc
-                    self._changed.notify_all()
+                    self._notify_all()
                 return None
             log.warning("PutRecords to %s failed (%s); retrying %d records", self.stream_name, code, len(batch))
             return [False] * len(batch)
@@ -349,7 +372,7 @@ class KinesisRecordProducer:
         return written
 
     def _settle(self, batch: list[_Entry], written: list[bool]) -> None:
-        with self._changed:
+        with self._lock:
             for entry, is_written in zip(batch, written):
                 key = entry.partition_key
                 self._in_flight.discard(key)
@@ -369,4 +392,4 @@ class KinesisRecordProducer:
             else:
                 self._backoff_s = min(max(self._backoff_s * 2, self.retry_backoff_s), self.max_retry_backoff_s)
                 self._resume_at = time.monotonic() + self._backoff_s
-            self._changed.notify_all()
+            self._notify_all()

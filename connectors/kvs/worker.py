@@ -30,7 +30,11 @@ frame it covers — never before — at most every ``checkpoint_interval_s`` whi
 flows, and always when a connection ends, when the contact is handed back, and when it
 ends (then marked completed, so a duplicate delivery of the work item is dropped). A
 crash therefore replays at most the frames published since the last checkpoint; they
-carry the same unique keys and are dropped downstream.
+carry the same unique keys and are dropped downstream. In a ``ConnectorWorker`` the
+periodic checkpoints are written by a ``CheckpointWriter`` thread, so that neither the
+producer's confirmation nor the store's write holds the contact's reading back; a
+refusal there (another reader took the contact over) stops the read at its next
+checkpoint. ``flush`` waits for the contact's own records only.
 
 Reconnecting. One contact may need many GetMedia connections: KVS ends a session after
 about 45 minutes, connections break, and a body ends about 3 s after the newest fragment
@@ -96,6 +100,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connectors.kinesis.producer import KinesisRecordProducer
@@ -154,7 +159,7 @@ Flush = Callable[[], None]
 class Producer(Protocol):
     def put(self, data: bytes, partition_key: str) -> None: ...
 
-    def flush(self, timeout_s: float | None = None) -> None: ...
+    def flush(self, timeout_s: float | None = None, partition_key: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -237,12 +242,14 @@ def read_contact(
     stop: threading.Event | None = None,
     flush: Flush | None = None,
     checkpoint_store: CheckpointStore | None = None,
+    checkpoint_writer: CheckpointWriter | None = None,
     settings: ReadSettings | None = None,
 ) -> ContactReadResult:
     """Read one contact's audio from KVS and publish it; never raises for bad input.
 
-    ``flush`` must return only when every record published so far is in the stream; it
-    is required with a ``checkpoint_store``.
+    ``flush`` must return only when every record this read has published so far is in
+    the stream; it is required with a ``checkpoint_store``. With a ``checkpoint_writer``
+    the periodic checkpoints are written in its thread, not this one.
     """
     if checkpoint_store is not None and flush is None:
         raise ValueError("checkpoints need a flush that confirms what was published")
@@ -251,6 +258,7 @@ def read_contact(
         publish,
         flush=flush,
         checkpoint_store=checkpoint_store,
+        checkpoint_writer=checkpoint_writer,
         settings=settings or ReadSettings(),
         stop=stop or threading.Event(),
     ).run(media_source)
@@ -289,13 +297,15 @@ class _Progress:
             and int(fragment_number) <= int(self.last_fragment_number)
         )
 
-    def add(self, frame: AudioFrame) -> None:
-        self.frames[frame.track] += 1
-        self.samples[frame.track] += frame.sample_count
-        self.last_audio_end_ms = max(
-            self.last_audio_end_ms,
-            frame.producer_timestamp_ms + frame.sample_count * 1000 // frame.sample_rate,
-        )
+    def add(self, frames: list[AudioFrame]) -> None:
+        frame_counts, samples = self.frames, self.samples
+        audio_end_ms = self.last_audio_end_ms
+        for frame in frames:
+            sample_count = frame.sample_count
+            frame_counts[frame.track] += 1
+            samples[frame.track] += sample_count
+            audio_end_ms = max(audio_end_ms, frame.producer_timestamp_ms + sample_count * 1000 // frame.sample_rate)
+        self.last_audio_end_ms = audio_end_ms
 
     def advance_to(self, fragment_number: str) -> None:
         if _is_fragment_number(fragment_number) and not self.covers(fragment_number):
@@ -341,6 +351,79 @@ class _Connection:
     error: MediaSourceError | None = None
 
 
+class CheckpointWriter:
+    """Writes reads' periodic checkpoints in a thread of its own.
+
+    A periodic checkpoint waits for the producer to confirm the frames it covers, then
+    for the store's write; a read that waited with it would leave its connection unread
+    meanwhile, so a slow checkpoint store would hold the contact's audio back. A read
+    hands its checkpoint to this writer instead and reads on. At most one checkpoint per
+    read waits here (a newer one replaces it), and the thread takes whatever waits in one
+    go: the first of them waits for the producer, and the producer's call that confirms it
+    has mostly confirmed the others too. A read that writes a checkpoint itself (when a
+    connection or the contact ends) first withdraws its own, so a read's checkpoints are
+    written in the order they were taken.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # Reads' pending writes, oldest first; a read's newer write replaces its older one.
+        self._waiting: dict[object, Callable[[], None]] = {}
+        self._writing: set[object] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, read: object, write: Callable[[], None]) -> None:
+        """Have ``write`` called soon, instead of any write of ``read`` still waiting
+        (once the writer is closed: now, in this thread)."""
+        with self._changed:
+            if not self._closed:
+                self._waiting.pop(read, None)
+                self._waiting[read] = write
+                self._changed.notify_all()
+                return
+        write()
+
+    def withdraw(self, read: object) -> bool:
+        """Drop ``read``'s waiting write, and wait until none of its writes is running.
+        Whether a write was dropped."""
+        with self._changed:
+            dropped = self._waiting.pop(read, None) is not None
+            while read in self._writing:
+                self._changed.wait()
+            return dropped
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Write what waits, then stop the thread."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._waiting and not self._closed:
+                    self._changed.wait()
+                if not self._waiting:
+                    return
+                batch = list(self._waiting.items())
+                self._waiting.clear()
+                self._writing = {read for read, _ in batch}
+            for read, write in batch:
+                try:
+                    write()
+                except Exception:
+                    # A write reports its own failures to its read; this keeps the thread.
+                    log.exception("checkpoint write failed")
+                finally:
+                    with self._changed:
+                        self._writing.discard(read)
+                        self._changed.notify_all()
+
+
 class _ContactRead:
     """One call of ``read_contact``: its connections, what it published, its checkpoints."""
 
@@ -351,6 +434,7 @@ class _ContactRead:
         *,
         flush: Flush | None,
         checkpoint_store: CheckpointStore | None,
+        checkpoint_writer: CheckpointWriter | None,
         settings: ReadSettings,
         stop: threading.Event,
     ) -> None:
@@ -359,6 +443,9 @@ class _ContactRead:
         self.publish = publish
         self.flush = flush
         self.checkpoints = checkpoint_store
+        self.checkpoint_writer = checkpoint_writer
+        #: What a checkpoint write in the background raised, for this read to raise.
+        self.checkpoint_failure: Exception | None = None
         self.settings = settings
         self.stop = stop
         #: Names this read in its checkpoints, so two readers of one contact cannot
@@ -370,6 +457,7 @@ class _ContactRead:
         self.resume_token = ""
         self.published = 0
         self.connections = 0
+        #: The progress of the newest checkpoint written or handed to the writer.
         self.saved_state: tuple | None = None
         # A random phase: contacts that start together (a worker's first poll, a
         # redelivery wave) would otherwise all checkpoint in the same moment.
@@ -401,6 +489,8 @@ class _ContactRead:
             # The publisher failed (e.g. the producer is down): nothing more can be sent now.
             log.exception("contact read failed contact_id=%s", self.contact_id)
             return self.result(REASON_PUBLISH_FAILED, None, retryable=True, detail=str(exc))
+        finally:
+            self.withdraw_checkpoint()
 
     def resume(self) -> ContactReadResult | None:
         """Pick up the contact's checkpoint; a result if there is nothing to read."""
@@ -608,15 +698,22 @@ class _ContactRead:
             self.save()
 
     def publish_frames(self, frames: list[AudioFrame]) -> None:
-        newest = ""
-        fresh = [frame for frame in frames if not self.progress.covers(frame.fragment_number)]
+        # Asked once per fragment, not per frame: a fragment's 32 frames share its number.
+        covered: dict[str, bool] = {}
+        fresh = []
+        for frame in frames:
+            number = frame.fragment_number
+            if number not in covered:
+                covered[number] = self.progress.covers(number)
+            if not covered[number]:
+                fresh.append(frame)
+        if not fresh:
+            return
         for batch in encode_frame_batches(fresh):
             self.publish(batch, self.contact_id)
-        for frame in fresh:
-            self.published += 1
-            self.progress.add(frame)
-            newest = frame.fragment_number
-        self.progress.advance_to(newest)
+        self.published += len(fresh)
+        self.progress.add(fresh)
+        self.progress.advance_to(fresh[-1].fragment_number)
 
     def count(self, stream: ConnectContactStream) -> None:
         self.skipped_fragments += stream.skipped_fragments
@@ -639,27 +736,57 @@ class _ContactRead:
         has passed. ``claim`` writes even without progress, to prove this read still owns
         the contact (raises ``StaleCheckpointError`` if not).
         """
+        if self.checkpoint_failure is not None:
+            raise self.checkpoint_failure
         if self.checkpoints is None or not self.progress.continuation_token:
             return
+        periodic = not (force or claim)
+        if not periodic:
+            self.withdraw_checkpoint()
         state = self.progress.state()
         if state == self.saved_state and not claim:
             return
-        if not (force or claim) and time.monotonic() - self.saved_at < self.settings.checkpoint_interval_s:
+        if periodic and time.monotonic() - self.saved_at < self.settings.checkpoint_interval_s:
+            return
+        checkpoint = self.progress.checkpoint(self.contact_id, self.reader_id)
+        if periodic and self.checkpoint_writer is not None:
+            self.saved_state, self.saved_at = state, time.monotonic()
+            self.checkpoint_writer.submit(self, lambda: self.write_in_background(checkpoint))
             return
         self.flush()  # type: ignore[misc]  (read_contact requires it with checkpoints)
         try:
-            self.checkpoints.put(self.progress.checkpoint(self.contact_id, self.reader_id))
+            self.write(checkpoint)
         except StaleCheckpointError:
             raise
         except CheckpointError as exc:
             # The previous checkpoint stays valid; this one is tried again later.
             log.warning("checkpoint not written contact_id=%s: %s", self.contact_id, exc)
             return
-        self.saved_state = state
-        self.saved_at = time.monotonic()
-        log.debug(
-            "checkpoint written contact_id=%s fragment=%s", self.contact_id, self.progress.last_fragment_number
-        )
+        self.saved_state, self.saved_at = state, time.monotonic()
+
+    def write(self, checkpoint: ContactCheckpoint) -> None:
+        self.checkpoints.put(checkpoint)  # type: ignore[union-attr]
+        log.debug("checkpoint written contact_id=%s fragment=%s", self.contact_id, checkpoint.last_fragment_number)
+
+    def write_in_background(self, checkpoint: ContactCheckpoint) -> None:
+        """The writer's side of ``save``: failures are this read's to raise, at its next
+        checkpoint; a store that failed is tried again at the next one."""
+        try:
+            self.flush()  # type: ignore[misc]
+            self.write(checkpoint)
+        except StaleCheckpointError as exc:
+            self.checkpoint_failure = exc
+        except CheckpointError as exc:
+            log.warning("checkpoint not written contact_id=%s: %s", self.contact_id, exc)
+            self.saved_state = None
+        except Exception as exc:
+            # The producer failed or timed out: the read would fail on its next publish too.
+            self.checkpoint_failure = exc
+
+    def withdraw_checkpoint(self) -> None:
+        """Make sure no checkpoint of this read is waiting or being written."""
+        if self.checkpoint_writer is not None and self.checkpoint_writer.withdraw(self):
+            self.saved_state = None
 
     def save_completed(self, reason: str) -> None:
         if self.checkpoints is None:
@@ -779,6 +906,7 @@ class ConnectorWorker:
         self.retry_delay_s = retry_delay_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self._checkpoints = checkpoint_store
+        self._checkpoint_writer = CheckpointWriter() if checkpoint_store is not None else None
         self.read_settings = read_settings or ReadSettings()
         self._lock = threading.Lock()
         self._message_lock = threading.Lock()
@@ -841,27 +969,31 @@ class ConnectorWorker:
 
     def _read(self, entry: _InFlight, stop: threading.Event) -> None:
         work = entry.work
+
+        def flush() -> None:
+            # The contact's own records: a flush of everything would wait for every
+            # other contact's too, and stop the producer from batching meanwhile.
+            self._producer.flush(self.read_settings.flush_timeout_s, partition_key=work.contact_id)
+
         try:
             result = read_contact(
                 work,
                 self._media_source,
                 self._producer.put,
                 stop=stop,
-                flush=self._flush,
+                flush=flush,
                 checkpoint_store=self._checkpoints,
+                checkpoint_writer=self._checkpoint_writer,
                 settings=self.read_settings,
             )
             if not result.retryable and result.reason != REASON_SUPERSEDED:
                 # The message goes only once everything it produced is in the stream.
-                self._flush()
+                flush()
         except Exception as exc:
             log.exception("contact thread failed contact_id=%s", work.contact_id)
             result = ContactReadResult(work.contact_id, REASON_PUBLISH_FAILED, 0, None, retryable=True, detail=str(exc))
         # At shutdown another worker should take the contact over at once: it is live.
         self._settle(entry, result, hand_back_delay_s=0 if stop.is_set() else self.retry_delay_s)
-
-    def _flush(self) -> None:
-        self._producer.flush(self.read_settings.flush_timeout_s)
 
     def _settle(self, entry: _InFlight, result: ContactReadResult | None, hand_back_delay_s: int) -> None:
         """Delete the message, hand it back, or leave it to the reader that took it over."""
@@ -961,6 +1093,8 @@ class ConnectorWorker:
             self._extend_visibility()
             alive[0].join(min(0.1, max(deadline - time.monotonic(), 0)))
         self._reap()
+        if self._checkpoint_writer is not None:
+            self._checkpoint_writer.close(max(deadline - time.monotonic(), 0))
         with self._lock:
             left = [entry.work.contact_id for entry in self._in_flight.values()]
         log.info(
@@ -1014,14 +1148,19 @@ def main(argv: list[str] | None = None) -> int:
 
     session = boto3.session.Session(region_name=config["aws.region"])
     endpoint_url = config["aws.endpoint_url"] or None
-    sqs = session.client("sqs", endpoint_url=endpoint_url)
-    kinesis = session.client("kinesis", endpoint_url=endpoint_url)
-    kinesisvideo = session.client("kinesisvideo", endpoint_url=endpoint_url)
+    # Every contact thread may call SQS, GetDataEndpoint or DynamoDB at once; with
+    # botocore's default pool of 10 connections the others open and drop one per call.
+    client_config = Config(max_pool_connections=config["connector.max_concurrent_contacts"])
+
+    def client(service: str) -> Any:
+        return session.client(service, endpoint_url=endpoint_url, config=client_config)
+
+    sqs = client("sqs")
+    kinesis = client("kinesis")
+    kinesisvideo = client("kinesisvideo")
     checkpoint_store = None
     if config["connector.checkpoint_table"]:
-        checkpoint_store = DynamoDbCheckpointStore(
-            session.client("dynamodb", endpoint_url=endpoint_url), config["connector.checkpoint_table"]
-        )
+        checkpoint_store = DynamoDbCheckpointStore(client("dynamodb"), config["connector.checkpoint_table"])
 
     stop = threading.Event()
 

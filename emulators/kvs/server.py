@@ -220,13 +220,13 @@ class KvsMediaEmulator:
         self._streams: dict[str, _StreamLog] = {}
         self._sequence = 0
         self._stopping = False
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> "KvsMediaEmulator":
-        server = ThreadingHTTPServer((self.host, self.port), _Handler)
+        server = _Server((self.host, self.port), _Handler)
         server.daemon_threads = True
         server.emulator = self  # type: ignore[attr-defined]
         self._server = server
@@ -408,13 +408,17 @@ class _GetMediaSession:
             self._emulator._release(self._stream_log)
 
     def body(self) -> Iterator[bytes]:
-        """The response body as a sequence of HTTP chunks."""
+        """The response body in chunked transfer encoding, one write per fragment: its
+        HTTP chunks framed together (a write per chunk cost a system call each)."""
         for payload in self._payloads():
+            framed = []
             offset = 0
             while offset < len(payload):
                 size = next(self._chunk_sizes) if self._chunk_sizes is not None else MAX_HTTP_CHUNK_BYTES
-                yield payload[offset : offset + size]
+                chunk = payload[offset : offset + size]
+                framed.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 offset += size
+            yield b"".join(framed)
 
     def _payloads(self) -> Iterator[bytes]:
         if isinstance(self._start, tuple):
@@ -450,6 +454,13 @@ class _GetMediaSession:
                 last_sent = time.monotonic()
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: hundreds of producers and readers connecting
+    # at once overflowed it, and the dropped connections waited out SYN retransmits
+    # (1 s, then 3 s) before KVS saw them.
+    request_queue_size = 1024
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "KvsMediaEmulator/1"
@@ -459,7 +470,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.emulator  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: object) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        # Every request logs; formatting the line only to drop it cost every PutMedia.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), format % args)
 
     def do_POST(self) -> None:
         try:
@@ -490,8 +503,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
             self.end_headers()
-            for chunk in session.body():
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            for framed in session.body():
+                self.wfile.write(framed)
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()

@@ -31,7 +31,7 @@ from connectors.kvs.checkpoints import (
     create_table,
 )
 from connectors.kvs.media import KvsMediaSource, MediaSourceError
-from connectors.kvs.worker import ConnectorWorker, ContactReadResult, ReadSettings, read_contact
+from connectors.kvs.worker import CheckpointWriter, ConnectorWorker, ContactReadResult, ReadSettings, read_contact
 from emulators.kvs import KvsMediaEmulator
 from pipeline.connect_stream import TAG_CONTINUATION_TOKEN, TAG_FRAGMENT_NUMBER
 from pipeline.mkv import ebml, write_connect_fragment
@@ -323,10 +323,12 @@ def read(
     producer: RecordingProducer | None = None,
     settings: ReadSettings = FAST,
     stop: threading.Event | None = None,
+    writer: CheckpointWriter | None = None,
 ) -> tuple[ContactReadResult, list[AudioFrame | AudioEnd]]:
     producer = producer or (store.producer if store else RecordingProducer())
     result = read_contact(
-        work, source, producer.put, flush=producer.flush, checkpoint_store=store, settings=settings, stop=stop
+        work, source, producer.put, flush=producer.flush, checkpoint_store=store, checkpoint_writer=writer,
+        settings=settings, stop=stop,
     )
     return result, producer.records
 
@@ -451,6 +453,85 @@ def test_checkpoints_follow_whole_fragments_and_end_completed():
     assert final.frames[Track.CUSTOMER] == sum(
         isinstance(r, AudioFrame) and r.track is Track.CUSTOMER for r in producer.records
     )
+
+
+def test_checkpoints_written_in_the_background_follow_whole_fragments_in_order_and_end_completed():
+    producer = RecordingProducer()
+    store = MemoryCheckpointStore(producer)
+    writer = CheckpointWriter()
+    result, records = read(FakeMediaSource([kvs_fragment(i) for i in range(6)]), store=store,
+                           settings=ReadSettings(max_idle_s=0, checkpoint_interval_s=0), writer=writer)
+    writer.close()
+    assert_whole_contact(records, range(6), "stream_ended")
+    # A newer checkpoint may replace one still waiting, never overtake it; the store
+    # checks that none covers a frame the producer had not confirmed.
+    positions = [int(c.last_fragment_number) for c in store.written]
+    assert positions == sorted(positions) and positions[-1] == int(fragment_number(5))
+    assert store.written[-1].completed and result.reason == "stream_ended"
+
+
+def test_a_reader_whose_background_checkpoint_is_refused_stops_without_an_end():
+    producer = RecordingProducer()
+    store = MemoryCheckpointStore(producer)
+    store.refuse_writes = True
+    writer = CheckpointWriter()
+    result, records = read(FakeMediaSource([kvs_fragment(i) for i in range(4)]), store=store,
+                           settings=ReadSettings(max_idle_s=0, checkpoint_interval_s=0), writer=writer)
+    writer.close()
+    assert result.reason == "superseded" and not result.retryable
+    assert not any(isinstance(r, AudioEnd) for r in records)
+
+
+class Gate:
+    """A checkpoint write that runs until it is let go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def __call__(self) -> None:
+        self.entered.set()
+        assert self.released.wait(10), "never released"
+
+
+def test_the_writer_writes_only_the_newest_checkpoint_a_read_left_waiting():
+    writer = CheckpointWriter()
+    gate, written = Gate(), []
+    writer.submit("read-a", gate)
+    assert gate.entered.wait(10)
+    writer.submit("read-b", lambda: written.append("b1"))
+    writer.submit("read-b", lambda: written.append("b2"))
+    writer.submit("read-c", lambda: written.append("c1"))
+    gate.released.set()
+    writer.close(timeout_s=10)
+    assert written == ["b2", "c1"]
+
+
+def test_withdrawing_drops_a_waiting_write_and_waits_for_a_running_one():
+    writer = CheckpointWriter()
+    gate, written = Gate(), []
+    writer.submit("read-a", gate)
+    assert gate.entered.wait(10)
+    writer.submit("read-b", lambda: written.append("b"))
+    assert writer.withdraw("read-b") is True
+    withdrawn = threading.Thread(target=writer.withdraw, args=("read-a",))
+    withdrawn.start()
+    withdrawn.join(0.2)
+    assert withdrawn.is_alive(), "withdraw must wait for the write that is running"
+    gate.released.set()
+    withdrawn.join(10)
+    assert not withdrawn.is_alive()
+    assert writer.withdraw("read-a") is False
+    writer.close(timeout_s=10)
+    assert written == []
+
+
+def test_a_write_submitted_after_close_runs_at_once_in_the_caller():
+    writer = CheckpointWriter()
+    writer.close(timeout_s=10)
+    caller = []
+    writer.submit("read-a", lambda: caller.append(threading.current_thread()))
+    assert caller == [threading.current_thread()]
 
 
 #: Only Connect's DISCONNECTED (or, failing it, a minute of silence) ends these contacts.

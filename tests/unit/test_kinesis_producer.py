@@ -109,6 +109,21 @@ def test_a_throttled_call_is_sent_again_whole_before_anything_newer(client):
     assert (producer.records_sent, producer.records_retried) == (3, 2)
 
 
+def test_flushing_one_key_waits_for_that_keys_records_only(client):
+    with Stubber(client) as stub:
+        # a0 fails and waits out a long backoff; contact-b's flush does not wait for it.
+        expect(stub, result(True, False), a0, b0)
+        expect(stub, ok(1), a0)
+        producer = producer_for(client, linger_s=0.2, retry_backoff_s=1.0)
+        put_all(producer, a0, b0)
+        producer.flush(timeout_s=5, partition_key="contact-b")
+        assert producer.buffered == 1
+        producer.flush(timeout_s=5, partition_key="contact-a")
+        assert producer.buffered == 0
+        producer.close(timeout_s=5)
+        stub.assert_no_pending_responses()
+
+
 def test_calls_respect_max_batch_records_oldest_keys_first(client):
     sent = [(b"x%d" % i, f"contact-{i}") for i in range(5)]
     with Stubber(client) as stub:
