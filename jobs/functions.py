@@ -76,16 +76,12 @@ def expiring(descriptor, ttl_ms: int):
 
     The state machines clear their own state when a contact ends; TTL only catches a
     contact whose end never arrives, so the state of a long-dead contact cannot pile up.
-    Expired state may still be read until it is cleaned up: PyFlink turns the Python
-    worker's state cache off for ``NeverReturnExpired``, which made every state access a
-    round trip to the JVM and put the job seconds behind.
     """
     if ttl_ms:
         descriptor.enable_time_to_live(
             StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
-            .cleanup_incrementally(10, False)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
             .cleanup_full_snapshot()
             .build()
         )

@@ -23,8 +23,7 @@ def test_state_expires_after_the_configured_time_since_its_last_write():
     assert ttl.is_enabled()
     assert ttl.get_ttl().to_milliseconds() == 90_000
     assert ttl.get_update_type() is StateTtlConfig.UpdateType.OnCreateAndWrite
-    # NeverReturnExpired would turn PyFlink's Python state cache off (a JVM round trip per access).
-    assert ttl.get_state_visibility() is StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp
+    assert ttl.get_state_visibility() is StateTtlConfig.StateVisibility.NeverReturnExpired
 
 
 def test_zero_ttl_declares_state_without_expiry():
