@@ -274,13 +274,16 @@ def cresta_spans(expected: bytes, received: bytes) -> list[Span] | None:
             start = expected.find(probe, covered)
         if start < 0:
             return None
-        length = _common_prefix_length(expected[start:], received[position:])
-        spans.append(Span(position, start, length))
-        covered = max(covered, start + length)
-        position += length
-        frame_end = min(len(received), -(-position // FRAME_BYTES) * FRAME_BYTES)
-        if received[position:frame_end].strip(bytes([MULAW_SILENCE])):
-            return None
+        end = position + _common_prefix_length(expected[start:], received[position:])
+        frame_end = min(len(received), -(-end // FRAME_BYTES) * FRAME_BYTES)
+        if received[end:frame_end].strip(bytes([MULAW_SILENCE])):
+            # The match ran a few bytes into a frame that is not the source's next one
+            # (its first bytes equal by chance): the span ends at the last whole frame.
+            frame_end = end = end // FRAME_BYTES * FRAME_BYTES
+            if end <= position:
+                return None
+        spans.append(Span(position, start, end - position))
+        covered = max(covered, start + end - position)
         position = frame_end
     return spans
 
