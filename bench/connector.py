@@ -64,6 +64,7 @@ from connectors.kinesis.reader import read_all_records
 from connectors.kvs.checkpoints import DynamoDbCheckpointStore, create_table
 from connectors.kvs.media import KvsMediaSource
 from connectors.kvs.worker import ConnectorWorker, ReadSettings
+from emulators.connect.simulator import EMULATED_INSTANCE_ID as INSTANCE_ID
 from emulators.kvs import KvsMediaEmulator
 from emulators.stack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, StackSettings
 from pipeline.mkv import write_connect_fragment
@@ -76,7 +77,6 @@ FRAMES_STREAM: Final = _STACK.audio_frames_stream
 FRAMES_SHARDS: Final = _STACK.audio_frames_shards
 QUEUE: Final = _STACK.connector_queue
 CHECKPOINT_TABLE: Final = _STACK.checkpoint_table
-INSTANCE_ID: Final = "d5b716a2-6b0e-4f38-9d55-52d1f6b2f0a1"
 SAMPLE_RATE: Final = 8000
 FRAGMENT_MS: Final = 1000
 BYTES_PER_SAMPLE: Final = 2

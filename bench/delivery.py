@@ -58,6 +58,7 @@ import numpy as np
 from bench.connector import ChildProcess, machine_busy_seconds, percentile, process_cpu_seconds
 from connectors.cresta.credentials import CLIENT_ID_ENV, CLIENT_SECRET_ENV
 from connectors.cresta.settings import CrestaSettings, create_delivery_service
+from emulators.connect.simulator import EMULATED_INSTANCE_ID as INSTANCE_ID
 from emulators.cresta import CrestaEmulator
 from pipeline.assembler import AudioChunk, ContactInfo
 from pipeline.audio import mulaw_to_pcm16, pcm16_to_mulaw
@@ -77,7 +78,6 @@ TAG_BASE: Final = 127
 TAG_FIRST_CODE: Final = 0x80
 MAX_CHUNKS: Final = TAG_BASE * TAG_BASE
 CLIENT_ID: Final = "bench-client"
-INSTANCE_ID: Final = "d5b716a2-6b0e-4f38-9d55-52d1f6b2f0a1"
 PROGRESS_EVERY_S: Final = 5.0
 #: The collector polls the receipts this often without waiting on them, as a Flink
 #: function polls between elements; each receipt carries its own finish time.

@@ -30,6 +30,7 @@ from typing import Any, Final
 import ebmlite
 from ebmlite.core import Document, MasterElement
 
+from emulators.connect.simulator import EMULATED_INSTANCE_ID
 from pipeline.connect_stream import TAG_FRAGMENT_NUMBER
 from pipeline.kvs_fragments import TAG_PRODUCER_TIMESTAMP, TAG_SERVER_TIMESTAMP
 from pipeline.mkv import Frame, MkvStreamParser, write_connect_fragment
@@ -64,7 +65,7 @@ def connect_call(minutes: float, seed: int = 1) -> bytes:
         fragments.append(
             write_connect_fragment(
                 contact_id="d111f871-5fe7-40b1-b5f7-6b67060de0c2",
-                instance_id="d5b716a2-6b0e-4f38-9d55-52d1f6b2f0a1",
+                instance_id=EMULATED_INSTANCE_ID,
                 timecode_ms=timecode_ms,
                 customer_pcm=rng.randbytes(fragment_bytes),
                 agent_pcm=rng.randbytes(fragment_bytes),

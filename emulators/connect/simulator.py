@@ -24,6 +24,9 @@ from pipeline.records import Track
 SAMPLE_RATE = 8000
 ACCOUNT_ID = "123456789012"
 
+#: The Amazon Connect instance every emulated call (and every bench contact) belongs to.
+EMULATED_INSTANCE_ID = "d5b716a2-6b0e-4f38-9d55-52d1f6b2f0a1"
+
 
 @dataclass(frozen=True)
 class FragmentWrite:
@@ -121,7 +124,7 @@ class ConnectCallSimulator:
         call = SimulatedCall(
             contact_id=str(uuid.UUID(int=uuid.uuid4().int)),
             stream_arn=stream_arn,
-            instance_id="d5b716a2-6b0e-4f38-9d55-52d1f6b2f0a1",
+            instance_id=EMULATED_INSTANCE_ID,
             seconds=seconds,
             seed=seed,
             attributes={"CustomerTier": "gold" if seed % 2 else "standard", "Language": "en-US"},
