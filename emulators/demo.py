@@ -36,6 +36,7 @@ from connectors.audit_trail import read_audit
 from emulators.demo_report import CrestaOutage, DemoReport, build_report
 from emulators.stack import REGION, LocalStack, StackSettings
 from pipeline.audio import write_wav_pcm16
+from pipeline.audit_analysis import complete_tracks
 from pipeline.config import load_config
 from pipeline.records import AudioFrame, ContactEvent, EventType, Track, decode_audio_records
 
@@ -506,15 +507,16 @@ def play_calls(simulator: ConnectCallSimulator, calls: list[SimulatedCall]) -> N
 
 
 def wait_for_audit(trail: AuditTrail, calls: list[SimulatedCall], timeout_s: float, job: JobProcess) -> None:
-    """Until each contact's final chunk of each track is committed to the audit trail."""
+    """Until each track of each contact is committed to the audit trail, final chunk and all.
+
+    A final chunk's row can be committed before rows of earlier chunks still waiting for
+    Cresta's receipt, so its row alone does not say the track is in.
+    """
     wanted = {(call.contact_id, track.label) for call in calls for track in Track}
     deadline = time.monotonic() + timeout_s
     while True:
         table = trail.read()
-        done = set()
-        if table is not None:
-            finals = table.filter(table["final"]).select(["contact_id", "track"]).to_pylist()
-            done = {(row["contact_id"], row["track"]) for row in finals}
+        done = complete_tracks(table) if table is not None else set()
         if wanted <= done:
             return
         if not job.running():

@@ -106,15 +106,27 @@ def contact_summary(table: pa.Table) -> pa.Table:
     return summary.sort_by([("started", "ascending"), ("contact_id", "ascending")])
 
 
+def complete_tracks(table: pa.Table) -> set[tuple[str, str]]:
+    """(contact_id, track) of each track whose final chunk and every chunk before it are in."""
+    return {(contact_id, track) for contact_id, track, holes in _track_holes(table) if holes == 0}
+
+
 def _missing_chunks(table: pa.Table) -> dict[str, int]:
+    missing: dict[str, int] = {}
+    for contact_id, _track, holes in _track_holes(table):
+        missing[contact_id] = missing.get(contact_id, 0) + holes
+    return missing
+
+
+def _track_holes(table: pa.Table) -> list[tuple[str, str, int]]:
+    """Per track: seq numbers missing below its highest, plus one when its final chunk is."""
     per_track = _group_by(table, ["contact_id", "track"]).aggregate(
         [("seq", "count_distinct"), ("seq", "max"), ("final", "any")]
     )
-    missing: dict[str, int] = {}
-    for row in per_track.to_pylist():
-        holes = row["seq_max"] + 1 - row["seq_count_distinct"] + (0 if row["final_any"] else 1)
-        missing[row["contact_id"]] = missing.get(row["contact_id"], 0) + holes
-    return missing
+    return [
+        (row["contact_id"], row["track"], row["seq_max"] + 1 - row["seq_count_distinct"] + (not row["final_any"]))
+        for row in per_track.to_pylist()
+    ]
 
 
 def _joined(values: pa.ChunkedArray) -> pa.Array:

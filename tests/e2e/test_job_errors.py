@@ -15,6 +15,7 @@ import pytest
 from connectors.audit_trail import read_audit
 from emulators.demo import send_warm_up_event, start_job
 from emulators.stack import LocalStack, StackSettings
+from pipeline.audit_analysis import complete_tracks
 from pipeline.records import AudioEnd, AudioFrame, ContactEvent, EventType, Track
 
 pytestmark = pytest.mark.e2e
@@ -75,10 +76,8 @@ def test_bad_records_and_an_incomplete_contact_reach_the_error_output(tmp_path):
             while time.monotonic() < deadline:
                 errors = read_errors(tmp_path / "errors")
                 audit = read_audit(tmp_path / "audit")
-                finals = set()
-                if audit is not None:
-                    finals = {(r["contact_id"], r["track"]) for r in audit.to_pylist() if r["final"]}
-                if len(errors) >= 3 and {("good", "customer"), ("good", "agent")} <= finals:
+                complete = complete_tracks(audit) if audit is not None else set()
+                if len(errors) >= 3 and {("good", "customer"), ("good", "agent")} <= complete:
                     break
                 assert job.running(), (tmp_path / "job.log").read_text()[-3000:]
                 time.sleep(1)

@@ -198,3 +198,10 @@ def test_short_labels_keep_contacts_apart():
     assert analysis.short_labels([CONTACT_A, CONTACT_B, CONTACT_A]) == [CONTACT_A, CONTACT_B, CONTACT_A]
     assert analysis.short_labels(["abcdefgh-1", "abcdefgh-2"], length=4) == ["abcdefgh-1", "abcdefgh-2"]
     assert analysis.short_labels([]) == []
+
+
+def test_a_track_is_complete_only_with_its_final_chunk_and_every_chunk_before_it():
+    rows = track_rows("whole", Track.CUSTOMER, 3)
+    rows += [r for r in track_rows("holed", Track.CUSTOMER, 3) if r[3] != 1]
+    rows += track_rows("unfinished", Track.CUSTOMER, 3)[:-1]
+    assert analysis.complete_tracks(audit(rows)) == {("whole", "customer")}
