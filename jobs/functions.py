@@ -76,12 +76,16 @@ def expiring(descriptor, ttl_ms: int):
 
     The state machines clear their own state when a contact ends; TTL only catches a
     contact whose end never arrives, so the state of a long-dead contact cannot pile up.
+    Expired state may still be read until it is cleaned up: PyFlink turns the Python
+    worker's state cache off for ``NeverReturnExpired``, which made every state access a
+    round trip to the JVM and put the job seconds behind.
     """
     if ttl_ms:
         descriptor.enable_time_to_live(
             StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
+            .cleanup_incrementally(10, False)
             .cleanup_full_snapshot()
             .build()
         )
@@ -183,6 +187,7 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         self.fail_once_file = config["job.fail_once_file"]
         self.state = None
         self.timer_state = None
+        self.expired_state = None
         self.metrics = None
         self.ingest_lag = None
 
@@ -197,6 +202,12 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         self.timer_state = runtime_context.get_state(
             expiring(ValueStateDescriptor("contact-timer", Types.LONG()), self.state_ttl_ms)
         )
+        # Set when a contact's assembler is cleared: audio that comes after that (a
+        # connector worker resumed past the grace period) must not start the contact
+        # again at seq 0 and duplicate its audit rows. True once that audio was reported.
+        self.expired_state = runtime_context.get_state(
+            expiring(ValueStateDescriptor("contact-expired", Types.BOOLEAN()), self.state_ttl_ms)
+        )
         if self.ready_file:
             Path(self.ready_file).touch()
 
@@ -204,8 +215,19 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         if self.fail_once_file and _claim(self.fail_once_file):
             raise InjectedFailure(f"task failure injected through {self.fail_once_file} (job.fail_once_file)")
         tag, contact_id, record = value
-        assembler = self.state.value() or ContactAudioAssembler(contact_id, **self.assembler_options)
         now = _now_ms()
+        late_audio_reported = self.expired_state.value()
+        if late_audio_reported is not None:
+            if isinstance(record, AudioFrame) and not late_audio_reported:
+                self.expired_state.update(True)
+                yield ERRORS, self._error(
+                    now, contact_id, "audio_after_expiry",
+                    f"audio arrived after the contact was closed and its state cleared; dropped "
+                    f"(it came more than assembler.state_grace_ms = {self.assembler_options['state_grace_ms']} "
+                    f"after the contact's end)",
+                )
+            return
+        assembler = self.state.value() or ContactAudioAssembler(contact_id, **self.assembler_options)
         if tag == EVENT:
             outputs = assembler.on_event(record, now)
         elif isinstance(record, AudioEnd):
@@ -231,6 +253,7 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         if any(isinstance(output, ContactExpired) for output in outputs):
             self.state.clear()
             self.timer_state.clear()
+            self.expired_state.update(False)
         else:
             self.state.update(assembler)
             self._schedule(assembler.next_timer_ms(), ctx, now)

@@ -48,7 +48,8 @@ Contact lifecycle: every phase change is in ``PHASE_TRANSITIONS`` and happens on
   If the totals exceed what arrived, frames may still be in flight behind the END (a
   producer retry), so the contact waits up to the reorder window for them first.
 - The ENDED contact event alone closes nothing (it may overtake audio still in flight):
-  the assembler waits for END up to ``state_grace_ms``; if END never comes it emits the
+  the assembler waits for END up to ``state_grace_ms`` from the later of ENDED and the
+  contact's last frame; if END never comes it emits the
   final chunks, ``EndRecordMissing`` in place of a completeness check, ``ContactClosed``
   and ``ContactExpired`` at once.
 - ``state_grace_ms`` after END the assembler emits ``ContactExpired``: the adapter clears
@@ -504,7 +505,11 @@ class ContactAudioAssembler:
     def _phase_deadline(self) -> tuple[int, Signal] | None:
         """The timed signal of the current phase and when it is due."""
         if self.phase is Phase.DISCONNECTED:
-            return self.ended_event_at_ms + self.state_grace_ms, Signal.END_OVERDUE
+            # Audio still arriving after ENDED is a backlog being worked off (a restored
+            # job, a resumed connector worker) with the END record behind it: the wait
+            # runs from the last frame, so a backlog longer than the grace is not cut off.
+            last_audio_ms = max((track.last_frame_at_ms for track in self.tracks.values()), default=0)
+            return max(self.ended_event_at_ms, last_audio_ms) + self.state_grace_ms, Signal.END_OVERDUE
         if self.phase is Phase.DRAINING:
             return self.end_received_at_ms + self.reorder_window_ms, Signal.AUDIO_COMPLETE
         if self.phase is Phase.CLOSED:

@@ -93,7 +93,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "assembler.state_grace_ms", 60_000, int,
-        "keyed state is kept this long after a contact ended (late replays are dropped)",
+        "a contact's state is kept this long after its END (without END: after ENDED and its last audio) "
+        "to drop replays; audio after that is dropped and reported (audio_after_expiry)",
         lambda v: v >= 0, ">= 0",
     ),
     Setting(
@@ -119,6 +120,16 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "cresta.buffer_ms", 5000, int, "per-contact audio buffered while Cresta is away",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
+        "cresta.burst_ms", 60000, int,
+        "per-contact audio held while Cresta answers (a backlog replayed after a restart); >= cresta.buffer_ms",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
+        "cresta.stall_ms", 1000, int,
+        "an open or send in flight this long counts as Cresta away (cresta.buffer_ms applies again)",
         lambda v: v >= 0, ">= 0",
     ),
     Setting(

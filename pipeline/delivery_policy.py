@@ -14,11 +14,16 @@ Rules, in the order they apply:
   chunks and is closed only when the contact is closed (a close is queued behind the
   chunks before it).
 - **Bounded buffer.** Chunks waiting for a contact (not yet sent, including the one in
-  flight) hold at most ``buffer_ms`` of audio; an empty buffer takes any one chunk, so a
-  chunk longer than the buffer still flows. A chunk that does not fit is DROPPED and the
-  contact starts **dropping**: every later chunk is DROPPED too, until Cresta answers
-  again on that contact (a stream opens or a send succeeds). That keeps what reaches
-  Cresta one gap per outage instead of a scatter of holes.
+  flight) hold at most ``buffer_ms`` of audio while Cresta is not answering that contact:
+  its last open or send failed, the breaker is not closed, or an operation has been in
+  flight for ``stall_ms`` or more. While Cresta answers, the bound is ``burst_ms``, so a
+  backlog submitted all at once (a job restoring from a checkpoint, a connector worker
+  resuming a contact) goes out instead of being DROPPED behind a healthy stream. An
+  empty buffer takes any one chunk, so a chunk longer than the buffer still flows. A
+  chunk that does not fit is DROPPED and the contact starts **dropping**: every later
+  chunk is DROPPED too, until Cresta answers again on that contact (a stream opens or a
+  send succeeds). That keeps what reaches Cresta one gap per outage instead of a
+  scatter of holes.
 - **Reconnect with backoff.** A failed open or send ends the stream; the contact waits
   ``backoff_base_ms`` × 2^(failures − 1), at most ``backoff_max_ms``, less a random part of
   up to ``backoff_jitter`` of it (so contacts cut together do not reconnect in lockstep),
@@ -55,6 +60,13 @@ class PolicySettings:
 
     #: Five seconds of audio ride out a short outage (DESIGN §5, seed Q10).
     buffer_ms: int = 5000
+    #: A minute of audio (both tracks: 30 s of a call) replayed at once still goes out;
+    #: the bound keeps a Cresta that reads slower than real time from costing memory
+    #: without end.
+    burst_ms: int = 60_000
+    #: A loopback or regional round trip is milliseconds; an operation held a second is
+    #: Cresta not reading.
+    stall_ms: int = 1000
     max_attempts: int = 3
     backoff_base_ms: int = 100
     #: Delivery resumes within 3 s of Cresta's return: after an outage the next attempt
@@ -68,6 +80,8 @@ class PolicySettings:
     def __post_init__(self) -> None:
         checks = {
             "buffer_ms": self.buffer_ms >= 0,
+            "burst_ms": self.burst_ms >= self.buffer_ms,
+            "stall_ms": self.stall_ms >= 0,
             "max_attempts": self.max_attempts >= 1,
             "backoff_base_ms": self.backoff_base_ms >= 0,
             "backoff_max_ms": self.backoff_max_ms >= self.backoff_base_ms,
@@ -206,6 +220,7 @@ class _Contact(Generic[Item]):
     buffered_chunks: int = 0
     stream_open: bool = False
     in_flight: _InFlight | None = None
+    in_flight_since_ms: int = 0
     failures: int = 0
     retry_at_ms: int | None = None
     dropping: bool = False
@@ -225,10 +240,13 @@ class DeliveryPolicy(Generic[Item]):
     [Open(contact_id='c1', first='chunk-1')]
     >>> policy.submit("c1", "chunk-2", 100, now_ms=1); policy.submit("c1", "chunk-3", 100, now_ms=2)
     >>> policy.take_actions()
-    [Outcome(item='chunk-3', status=<DeliveryStatus.DROPPED: 'DROPPED'>, attempts=0)]
-    >>> policy.opened("c1", now_ms=3); policy.take_actions()
+    []
+    >>> policy.submit("c1", "chunk-4", 100, now_ms=1500)  # the open has been held 1.5 s
+    >>> policy.take_actions()
+    [Outcome(item='chunk-4', status=<DeliveryStatus.DROPPED: 'DROPPED'>, attempts=0)]
+    >>> policy.opened("c1", now_ms=1501); policy.take_actions()
     [Send(contact_id='c1', item='chunk-1')]
-    >>> policy.sent("c1", now_ms=4); policy.take_actions()
+    >>> policy.sent("c1", now_ms=1502); policy.take_actions()
     [Outcome(item='chunk-1', status=<DeliveryStatus.SENT: 'SENT'>, attempts=1), Send(contact_id='c1', item='chunk-2')]
     """
 
@@ -267,7 +285,8 @@ class DeliveryPolicy(Generic[Item]):
             self._actions.append(Outcome(item, DeliveryStatus.SKIPPED, 0))
             return
         contact = self._contacts.setdefault(contact_id, _Contact())
-        fits = contact.buffered_chunks == 0 or contact.buffered_ms + duration_ms <= self.settings.buffer_ms
+        limit = self.settings.burst_ms if self._answering(contact, now_ms) else self.settings.buffer_ms
+        fits = contact.buffered_chunks == 0 or contact.buffered_ms + duration_ms <= limit
         if contact.dropping or not fits:
             contact.dropping = True
             self._actions.append(Outcome(item, DeliveryStatus.DROPPED, 0))
@@ -349,6 +368,11 @@ class DeliveryPolicy(Generic[Item]):
 
     # --- transitions -----------------------------------------------------------------
 
+    def _answering(self, contact: _Contact[Item], now_ms: int) -> bool:
+        """Whether Cresta is taking this contact's audio as fast as it is asked to."""
+        held_up = contact.in_flight is not None and now_ms - contact.in_flight_since_ms >= self.settings.stall_ms
+        return contact.failures == 0 and self.breaker.state is BreakerState.CLOSED and not held_up
+
     def _advance(self, contact_id: str, now_ms: int) -> None:
         """Start the contact's next operation, if it has one and may start it now."""
         contact = self._contacts.get(contact_id)
@@ -366,7 +390,7 @@ class DeliveryPolicy(Generic[Item]):
             return
         head = contact.queue[0]
         if isinstance(head, _CloseMark):
-            contact.in_flight = _InFlight.CLOSE
+            self._start(contact, _InFlight.CLOSE, now_ms)
             self._actions.append(Close(contact_id))
             return
         if not contact.stream_open and contact.retry_at_ms is not None and now_ms < contact.retry_at_ms:
@@ -376,11 +400,16 @@ class DeliveryPolicy(Generic[Item]):
         self.breaker.started()
         if contact.stream_open:
             head.attempts += 1
-            contact.in_flight = _InFlight.SEND
+            self._start(contact, _InFlight.SEND, now_ms)
             self._actions.append(Send(contact_id, head.item))
         else:
-            contact.in_flight = _InFlight.OPEN
+            self._start(contact, _InFlight.OPEN, now_ms)
             self._actions.append(Open(contact_id, head.item))
+
+    @staticmethod
+    def _start(contact: _Contact[Item], operation: _InFlight, now_ms: int) -> None:
+        contact.in_flight = operation
+        contact.in_flight_since_ms = now_ms
 
     def _advance_all(self, now_ms: int) -> None:
         for contact_id in list(self._contacts):

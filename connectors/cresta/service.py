@@ -9,8 +9,9 @@ contact at a time, through one ``CrestaStreamAdapter`` per contact (reused acros
 chunks, reopened after failures).
 
 Memory is bounded by construction: the policy decides, synchronously inside ``submit``,
-whether a chunk fits its contact's buffer (else it is DROPPED at once), each contact has
-at most one operation queued on the loop, and each socket holds at most the adapter's
+whether a chunk fits its contact's buffer (``buffer_ms`` while Cresta is away or held up,
+``burst_ms`` while it answers; else it is DROPPED at once), each contact has at most one
+operation queued on the loop, and each socket holds at most the adapter's
 ``write_limit`` unsent. A slow or stalled Cresta therefore costs dropped audio, never
 memory or a blocked caller. Receipts wait, per contact, until polled; the caller polls
 them as it goes. In a Flink function keyed by contact (``jobs.functions``)::
@@ -177,7 +178,7 @@ class CrestaDeliveryService:
             return self._policy.breaker.state
 
     def buffered_ms(self, contact_id: str) -> int:
-        """Audio the contact holds unsent (at most the settings' ``buffer_ms``, or one chunk)."""
+        """Audio the contact holds unsent (at most the settings' ``burst_ms``, or one chunk)."""
         with self._lock:
             return self._policy.buffered_ms(contact_id)
 

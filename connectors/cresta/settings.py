@@ -7,11 +7,12 @@ Config keys (group ``cresta``):
 - ``oauth_secret_arn``: the Secrets Manager secret holding the client credentials
   (``connectors.cresta.credentials``); empty means ``CRESTA_CLIENT_ID`` /
   ``CRESTA_CLIENT_SECRET`` from the environment (local runs);
-- ``buffer_ms``, ``close_grace_ms``: the delivery policy's per-contact buffer and close
-  grace (``pipeline.delivery_policy.PolicySettings``).
+- ``buffer_ms``, ``burst_ms``, ``stall_ms``, ``close_grace_ms``: the delivery policy's
+  per-contact buffers, when Cresta counts as away, and the close grace
+  (``pipeline.delivery_policy.PolicySettings``).
 
-The config model rejects keys it does not define; the last four are read only when it
-defines them, and take these defaults otherwise.
+The config model rejects keys it does not define; keys other than the first four are read
+only when it defines them, and take these defaults otherwise.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class CrestaSettings:
         policy = replace(
             policy,
             buffer_ms=int(config.get("cresta.buffer_ms", policy.buffer_ms)),
+            burst_ms=int(config.get("cresta.burst_ms", policy.burst_ms)),
+            stall_ms=int(config.get("cresta.stall_ms", policy.stall_ms)),
             close_grace_ms=int(config.get("cresta.close_grace_ms", policy.close_grace_ms)),
         )
         return cls(

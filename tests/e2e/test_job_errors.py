@@ -51,7 +51,13 @@ def test_bad_records_and_an_incomplete_contact_reach_the_error_output(tmp_path):
             stack,
             stack.process_environment(),
             tmp_path,
-            **{"audit.path": (tmp_path / "audit").as_uri(), "assembler.reorder_window_ms": 0},
+            # No grace: a contact's state is cleared as soon as it closes, so audio sent
+            # after its audit rows are in comes after the clearing.
+            **{
+                "audit.path": (tmp_path / "audit").as_uri(),
+                "assembler.reorder_window_ms": 0,
+                "assembler.state_grace_ms": 0,
+            },
         )
         try:
             job.wait_ready(240, lambda: send_warm_up_event(stack))
@@ -63,7 +69,7 @@ def test_bad_records_and_an_incomplete_contact_reach_the_error_output(tmp_path):
 
             put(frames, GARBAGE, "garbage")
             put(events, b"{not json", "garbage")
-            for contact_id in ("good", "short"):
+            for contact_id in ("good", "short", "late"):
                 put(events, started(contact_id), contact_id)
             for index in range(2):
                 for track in Track:
@@ -71,16 +77,29 @@ def test_bad_records_and_an_incomplete_contact_reach_the_error_output(tmp_path):
             put(frames, frame("short", Track.CUSTOMER, 0, fill=9), "short")
             put(frames, AudioEnd("good", "1000", START_MS + 200, 2 * SAMPLES, 2 * SAMPLES, 2, 2).encode(), "good")
             put(frames, AudioEnd("short", "1000", START_MS + 100, 2 * SAMPLES, 0, 2, 0).encode(), "short")
+            put(frames, frame("late", Track.CUSTOMER, 0, fill=5), "late")
+            put(frames, AudioEnd("late", "1000", START_MS + 100, SAMPLES, 0, 1, 0).encode(), "late")
 
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                errors = read_errors(tmp_path / "errors")
-                audit = read_audit(tmp_path / "audit")
-                complete = complete_tracks(audit) if audit is not None else set()
-                if len(errors) >= 3 and {("good", "customer"), ("good", "agent")} <= complete:
-                    break
-                assert job.running(), (tmp_path / "job.log").read_text()[-3000:]
-                time.sleep(1)
+            def wait_until(done) -> None:
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline:
+                    errors = read_errors(tmp_path / "errors")
+                    audit = read_audit(tmp_path / "audit")
+                    if done(errors, complete_tracks(audit) if audit is not None else set()):
+                        return
+                    assert job.running(), (tmp_path / "job.log").read_text()[-3000:]
+                    time.sleep(1)
+                pytest.fail("the job's output did not arrive in time")
+
+            wait_until(
+                lambda errors, complete: len(errors) >= 3
+                and {("good", "customer"), ("good", "agent"), ("late", "customer")} <= complete
+            )
+            # A resumed connector worker replays the closed contact's audio, and more.
+            put(frames, frame("late", Track.CUSTOMER, 0, fill=5), "late")
+            put(frames, frame("late", Track.CUSTOMER, 1, fill=6), "late")
+            wait_until(lambda errors, _: any(e["reason"] == "audio_after_expiry" for e in errors))
+            errors = read_errors(tmp_path / "errors")
         finally:
             job.stop()
 
@@ -98,3 +117,10 @@ def test_bad_records_and_an_incomplete_contact_reach_the_error_output(tmp_path):
         ("agent", 0, SAMPLES), ("agent", 1, SAMPLES), ("agent", 2, 0),
         ("customer", 0, SAMPLES), ("customer", 1, SAMPLES), ("customer", 2, 0),
     ]
+    late = sorted(
+        (r for r in read_audit(tmp_path / "audit").to_pylist() if r["contact_id"] == "late"),
+        key=lambda r: (r["track"], r["seq"]),
+    )
+    assert [(r["track"], r["seq"], r["sample_count"]) for r in late] == [("customer", 0, SAMPLES), ("customer", 1, 0)]
+    (after_expiry,) = [e for e in errors if e["reason"] == "audio_after_expiry"]
+    assert after_expiry["contact_id"] == "late" and "assembler.state_grace_ms" in after_expiry["message"]

@@ -1034,6 +1034,28 @@ def test_ended_without_end_record_closes_and_expires_after_the_grace_period():
     assert a.next_timer_ms() is None
 
 
+def test_audio_still_arriving_after_ended_holds_the_end_record_wait_open():
+    """A backlog longer than the grace (a job restored minutes later) is worked off after
+    the ENDED event; the contact waits for END from its last frame, not from ENDED."""
+    pcm, frames = frames_of(Track.CUSTOMER, [160, 160, 160])
+    a = started(in_order(chunk_ms=20, idle_flush_ms=NEVER))
+    out = a.on_frame(frames[0], 0)
+    assert a.on_event(ENDED, 10) == []
+    late = 10 + GRACE - 1
+    out += a.on_frame(frames[1], late)
+    out += a.on_frame(frames[2], late + GRACE - 1)
+    assert a.next_timer_ms() == late + 2 * GRACE - 1
+    assert a.on_timer(late + 2 * GRACE - 2) == []
+    assert a.phase is Phase.DISCONNECTED
+    out += a.on_timer(late + 2 * GRACE - 1)
+    assert b"".join(c.pcm for c in chunks(out)) == pcm
+    assert out[-3:] == [
+        EndRecordMissing(CONTACT, customer_samples=480, agent_samples=0),
+        ContactClosed(CONTACT),
+        ContactExpired(CONTACT),
+    ]
+
+
 def test_ended_then_end_closes_normally_and_expires_after_end():
     _, frames = frames_of(Track.CUSTOMER, [160])
     a = started(in_order(chunk_ms=20))

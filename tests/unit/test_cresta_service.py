@@ -4,6 +4,7 @@ fail, hang or refuse on demand."""
 import asyncio
 import logging
 import threading
+import time
 
 import pytest
 
@@ -156,11 +157,15 @@ def test_a_few_samples_count_as_audio():
 
 
 def test_a_hung_cresta_never_blocks_the_caller_and_memory_stays_bounded(cresta, make_service):
-    """The backpressure test: sends hang, the caller keeps submitting 100 ms chunks far
-    faster than real time; the buffer holds 1 s, the rest is DROPPED at once."""
+    """The backpressure test: sends hang past the stall time, the caller keeps submitting
+    100 ms chunks far faster than real time; the buffer holds 1 s, the rest is DROPPED
+    at once."""
     cresta.sends_flow.clear()
-    service = make_service(PolicySettings(buffer_ms=1000, close_grace_ms=2000))
-    for seq in range(200):
+    service = make_service(PolicySettings(buffer_ms=1000, stall_ms=50, close_grace_ms=2000))
+    service.submit(chunk("c", 0))
+    _wait_for(lambda: cresta.opened)
+    time.sleep(0.1)  # the first send is held past the stall time
+    for seq in range(1, 200):
         service.submit(chunk("c", seq))
         assert service.buffered_ms("c") <= 1000
     dropped = service.poll_receipts()
@@ -176,8 +181,32 @@ def test_a_hung_cresta_never_blocks_the_caller_and_memory_stays_bounded(cresta, 
     assert after.receipt.status is SENT
 
 
+def test_a_burst_larger_than_the_buffer_is_all_sent_while_cresta_answers(cresta, make_service):
+    """A job restored from a checkpoint submits its backlog at once: 5 s of audio against
+    a 0.5 s outage buffer, and nothing is DROPPED."""
+    service = make_service(PolicySettings(buffer_ms=500, **_fast_timers()))
+    for seq in range(50):
+        service.submit(chunk("c", seq))
+    delivered = drain_all(service)
+    assert [(d.chunk.seq, d.receipt.status) for d in delivered] == [(seq, SENT) for seq in range(50)]
+    assert cresta.received["c"] == [chunk("c", seq).pcm for seq in range(50)]
+
+
+def test_a_burst_beyond_the_burst_bound_is_dropped(cresta, make_service):
+    cresta.sends_flow.clear()
+    service = make_service(PolicySettings(buffer_ms=500, burst_ms=2000, **_fast_timers()))
+    for seq in range(30):
+        service.submit(chunk("c", seq))
+    assert service.buffered_ms("c") == 2000
+    cresta.sends_flow.set()
+    delivered = drain_all(service)
+    assert [d.chunk.seq for d in delivered if d.receipt.status is SENT] == list(range(20))
+    assert [d.chunk.seq for d in delivered if d.receipt.status is DROPPED] == list(range(20, 30))
+
+
 def test_an_outage_is_ridden_out_in_order_and_the_breaker_recovers(cresta, make_service):
-    service = make_service(PolicySettings(buffer_ms=500, breaker_threshold=2, **_fast_timers()))
+    # The outage bound from the first chunk on, however fast the failure is reported.
+    service = make_service(PolicySettings(buffer_ms=500, burst_ms=500, breaker_threshold=2, **_fast_timers()))
     service.submit(chunk("c", 0))
     drain_all(service)
     cresta.break_sends = cresta.refuse = True

@@ -104,11 +104,74 @@ def test_the_buffer_holds_its_bound_then_drops_until_cresta_answers():
 
 
 def test_an_empty_buffer_takes_a_chunk_longer_than_the_buffer():
-    policy = policy_with(buffer_ms=100)
+    policy = policy_with(buffer_ms=100, burst_ms=100)
     policy.submit("c", "long", 1000, now_ms=0)
     assert policy.take_actions() == [Open("c", "long")]
     policy.submit("c", "next", 20, now_ms=0)
     assert outcomes(policy.take_actions()) == [("next", DROPPED, 0)]
+
+
+def test_a_burst_goes_out_whole_while_cresta_answers():
+    """A restored job submits seconds of backlog at once: more than the outage buffer,
+    yet nothing has failed, so all of it is sent, in order."""
+    policy = policy_with(buffer_ms=300, burst_ms=1000)
+    for n in range(10):
+        policy.submit("c", n, 100, now_ms=n)
+    assert outcomes(policy.take_actions()) == []
+    policy.opened("c", now_ms=20)
+    sent = []
+    for _ in range(10):
+        policy.sent("c", now_ms=21)
+        sent += outcomes(policy.take_actions())
+    assert sent == [(n, SENT, 1) for n in range(10)]
+
+
+def test_the_burst_bound_caps_what_a_contact_holds_while_cresta_answers():
+    policy = policy_with(buffer_ms=300, burst_ms=1000)
+    for n in range(11):
+        policy.submit("c", n, 100, now_ms=0)
+    assert outcomes(policy.take_actions()) == [(10, DROPPED, 0)]
+    assert policy.is_dropping("c") and policy.buffered_ms("c") == 1000
+
+
+def test_an_operation_held_up_past_the_stall_time_brings_the_outage_buffer_back():
+    policy = policy_with(buffer_ms=300, burst_ms=1000, stall_ms=500)
+    for n in range(3):
+        policy.submit("c", n, 100, now_ms=0)
+    assert policy.take_actions() == [Open("c", 0)]
+    policy.submit("c", 3, 100, now_ms=499)
+    assert outcomes(policy.take_actions()) == []
+    policy.submit("c", 4, 100, now_ms=500)
+    assert outcomes(policy.take_actions()) == [(4, DROPPED, 0)]
+
+
+def test_a_failure_keeps_a_burst_already_queued_and_drops_what_comes_after():
+    policy = policy_with(buffer_ms=300, burst_ms=1000, backoff_base_ms=10)
+    for n in range(6):
+        policy.submit("c", n, 100, now_ms=0)
+    policy.take_actions()
+    policy.open_failed("c", now_ms=1)
+    policy.submit("c", 6, 100, now_ms=2)
+    assert outcomes(policy.take_actions()) == [(6, DROPPED, 0)]
+    assert policy.buffered_ms("c") == 600
+    policy.tick(now_ms=20)
+    assert io(policy.take_actions()) == [Open("c", 0)]
+    policy.opened("c", now_ms=21)
+    sent = []
+    for _ in range(6):
+        policy.sent("c", now_ms=22)
+        sent += outcomes(policy.take_actions())
+    assert [item for item, status, _ in sent if status is SENT] == list(range(6))
+
+
+def test_an_open_breaker_brings_the_outage_buffer_back_for_every_contact():
+    policy = policy_with(buffer_ms=200, burst_ms=1000, breaker_threshold=1, backoff_base_ms=10)
+    policy.submit("a", "a-0", 100, now_ms=0)
+    policy.take_actions()
+    policy.open_failed("a", now_ms=1)
+    for n in range(3):
+        policy.submit("b", f"b-{n}", 100, now_ms=2)
+    assert outcomes(policy.take_actions()) == [("b-2", DROPPED, 0)]
 
 
 def test_a_failed_open_backs_off_exponentially_up_to_the_cap():
@@ -292,6 +355,8 @@ def test_invalid_settings_are_refused(overrides):
 
 CONTACTS = ("a", "b", "c")
 BUFFER_MS = 400
+BURST_MS = 900
+STALL_MS = 300
 
 
 class PolicyMachine(RuleBasedStateMachine):
@@ -303,6 +368,8 @@ class PolicyMachine(RuleBasedStateMachine):
         self.policy = DeliveryPolicy(
             PolicySettings(
                 buffer_ms=BUFFER_MS,
+                burst_ms=BURST_MS,
+                stall_ms=STALL_MS,
                 max_attempts=2,
                 backoff_base_ms=50,
                 backoff_max_ms=400,
@@ -320,6 +387,10 @@ class PolicyMachine(RuleBasedStateMachine):
         self.in_flight: dict[str, Open | Send | Close] = {}
         self.stream_open: dict[str, bool] = defaultdict(bool)
         self.wakes: list[int] = []
+        # The model of "Cresta answers this contact": no failure since its last success,
+        # and when its operation started.
+        self.failing: dict[str, bool] = defaultdict(bool)
+        self.started_at: dict[str, int] = {}
 
     def absorb(self) -> None:
         for action in self.policy.take_actions():
@@ -334,6 +405,7 @@ class PolicyMachine(RuleBasedStateMachine):
                 if isinstance(action, Close):
                     assert self.stream_open[action.contact_id]
                 self.in_flight[action.contact_id] = action
+                self.started_at[action.contact_id] = self.now
             elif isinstance(action, Outcome):
                 self.results[action.item].append(action.status)
                 if action.status is SENT:
@@ -344,6 +416,7 @@ class PolicyMachine(RuleBasedStateMachine):
             elif isinstance(action, Release):
                 assert not self.stream_open[action.contact_id]
                 assert action.contact_id not in self.in_flight
+                self.failing[action.contact_id] = False  # a forgotten contact starts afresh
 
     def contact_of(self, item: int) -> str:
         return next(c for c, items in self.submitted.items() if item in items)
@@ -353,8 +426,15 @@ class PolicyMachine(RuleBasedStateMachine):
         item = self.next_item
         self.next_item += 1
         self.submitted[contact].append(item)
+        held_up = contact in self.in_flight and self.now - self.started_at[contact] >= STALL_MS
+        answering = not self.failing[contact] and self.policy.breaker.state is BreakerState.CLOSED and not held_up
+        buffered_before = self.policy.buffered_ms(contact)
         self.policy.submit(contact, item, duration, self.now)
         self.absorb()
+        accepted = not self.results[item] or self.results[item] != [DROPPED]
+        bound = BURST_MS if answering else BUFFER_MS
+        if accepted and buffered_before and duration:
+            assert buffered_before + duration <= bound, "a chunk past the bound was queued"
 
     @precondition(lambda self: self.in_flight)
     @rule(data=st.data(), ok=st.booleans())
@@ -363,9 +443,11 @@ class PolicyMachine(RuleBasedStateMachine):
         action = self.in_flight.pop(contact)
         if isinstance(action, Open):
             self.stream_open[contact] = ok
+            self.failing[contact] = not ok
             (self.policy.opened if ok else self.policy.open_failed)(contact, self.now)
         elif isinstance(action, Send):
             self.stream_open[contact] = ok
+            self.failing[contact] = not ok
             (self.policy.sent if ok else self.policy.send_failed)(contact, self.now)
         else:
             self.stream_open[contact] = False
@@ -392,7 +474,7 @@ class PolicyMachine(RuleBasedStateMachine):
     @invariant()
     def the_buffer_bound_holds(self):
         for contact in CONTACTS:
-            assert self.policy.buffered_ms(contact) <= BUFFER_MS or self.policy.buffered_chunks(contact) == 1
+            assert self.policy.buffered_ms(contact) <= BURST_MS or self.policy.buffered_chunks(contact) == 1
 
     @invariant()
     def sent_chunks_keep_their_contact_s_order(self):
