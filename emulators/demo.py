@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,7 +83,10 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
     )
     parser.add_argument("--calls", type=int, default=3, help="concurrent calls (default 3)")
     parser.add_argument("--call-seconds", type=float, default=8.0, help="length of each call (default 8)")
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory (default demo-out)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo-out"),
+        help="output directory (default demo-out); a previous run's audit, errors, WAVs and summary there are replaced",
+    )
     parser.add_argument("--chunk-ms", type=int, default=100, help="audio per chunk, 20–1000 (default 100)")
     parser.add_argument("--audit-audio", action="store_true", help="add the pcm column to the audit trail")
     parser.add_argument("--parallelism", type=int, default=1, help="Flink job parallelism (default 1)")
@@ -292,8 +296,24 @@ class AuditTrail:
 DEMO_ATTRIBUTE_ALLOWLIST = "Language"
 
 
+#: What a demo run writes under its output directory, besides ``logs/``.
+RUN_OUTPUTS = ("audit", "errors", "cresta", "source", "summary.json", "report.html")
+
+
+def clear_previous_run(out: Path) -> None:
+    """An output directory holds one run: what an earlier run left there would otherwise
+    be read back, counted and charted as this run's."""
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def run_demo(options: DemoOptions) -> DemoReport:
     out = options.out.resolve()
+    clear_previous_run(out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     audit_uri = options.audit_uri or (out / "audit").as_uri()
     bucket = urlsplit(audit_uri).netloc if audit_uri.startswith("s3://") else StackSettings.audit_bucket

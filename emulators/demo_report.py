@@ -109,7 +109,9 @@ def build_report(
     connector's contacts move to another worker) sends a shorter one, and the final
     chunk holds the remainder.
     """
-    rows = audit.to_pylist() if audit is not None else []
+    # An audit trail given by URI may hold other runs' contacts too.
+    contact_ids = {call.contact_id for call in calls}
+    rows = [r for r in audit.to_pylist() if r["contact_id"] in contact_ids] if audit is not None else []
     keys = [(r["contact_id"], r["track"], r["seq"]) for r in rows]
     by_key = {key: row for key, row in zip(keys, rows)}
     missing = mismatches = samples_missing = received_chunks = exact_contacts = complete_contacts = 0

@@ -3,12 +3,17 @@ resend after a restart, and gaps where Cresta was away."""
 
 import random
 
+import pyarrow as pa
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emulators.demo_report import CrestaOutage, Span, _covered_bytes, cresta_spans
+from emulators.connect.simulator import SimulatedCall
+from emulators.demo import RUN_OUTPUTS, clear_previous_run
+from emulators.demo_report import CrestaOutage, Span, _covered_bytes, build_report, cresta_spans
 from pipeline.audio import MULAW_SILENCE
 from pipeline.media_streams import FRAME_BYTES
+from pipeline.records import Track
 
 FRAMES = 40
 
@@ -70,3 +75,26 @@ def test_an_outage_window_counts_sends_only_once_the_cut_can_have_reached_the_pi
     assert not outage.after_the_cut(1_002.1)
     assert outage.after_the_cut(1_002.3) and outage.after_the_cut(1_005.9)
     assert not outage.after_the_cut(1_006.0)
+
+
+def test_the_report_counts_only_this_runs_contacts(tmp_path):
+    """An audit trail named by URI may hold earlier runs: their rows are not this run's."""
+    call = SimulatedCall("this-run", "arn:aws:kinesisvideo:us-east-1:1:stream/s/1", "i", 0.0, 0, {}, "",
+                         pcm={Track.CUSTOMER: b"", Track.AGENT: b""})
+    earlier = pa.table({"contact_id": ["earlier-run"], "track": ["customer"], "seq": [0], "final": [True],
+                        "sample_count": [0], "pcm_sha256": [""]})
+    report = build_report(calls=[call], audit=earlier, cresta_calls={}, chunk_ms=100, frames_read=0)
+    assert (report.summary["audit_rows"], report.summary["chunks"], report.summary["duplicated"]) == (0, 0, 0)
+    assert report.summary["missing"] == 2  # this run's two tracks have no final chunk
+
+
+def test_a_new_demo_run_replaces_what_the_last_left_in_its_output_directory(tmp_path):
+    for name in RUN_OUTPUTS:
+        if "." in name:
+            (tmp_path / name).write_text("{}")
+        else:
+            (tmp_path / name / "dt=2026-01-01").mkdir(parents=True)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    clear_previous_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "notes.txt"]
