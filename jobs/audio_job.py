@@ -11,11 +11,11 @@ import argparse
 import json
 import logging
 import os
+import site
 import sys
 from pathlib import Path
 
 from pyflink.common import Configuration, Encoder, Types
-from pyflink.common.typeinfo import LocalTimeTypeInfo
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import (
     BucketAssigner,
@@ -36,7 +36,9 @@ from pipeline.config import SETTINGS, ConfigError, PipelineConfig, errors_path, 
 log = logging.getLogger("jobs.audio_job")
 
 JOB_NAME = "cresta-contact-audio"
-DEFAULT_JAR = Path(__file__).resolve().parents[1] / "deploy/flink/target/cresta-pipeline-flink-deps.jar"
+#: Where the project's packages (``jobs``, ``pipeline``, ``connectors``) are.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JAR = PROJECT_ROOT / "deploy/flink/target/cresta-pipeline-flink-deps.jar"
 #: Where the Maven build puts Flink plugins for local runs: s3-fs-hadoop/flink-s3-fs-hadoop-*.jar.
 DEFAULT_PLUGINS_DIR = DEFAULT_JAR.parent / "plugins"
 S3_SCHEMES = ("s3://", "s3a://")
@@ -49,7 +51,9 @@ _FLINK_TYPES = {
     ColumnKind.BIGINT: (Types.LONG, DataTypes.BIGINT),
     ColumnKind.DOUBLE: (Types.DOUBLE, DataTypes.DOUBLE),
     ColumnKind.BOOLEAN: (Types.BOOLEAN, DataTypes.BOOLEAN),
-    ColumnKind.TIMESTAMP_MS: (lambda: LocalTimeTypeInfo(LocalTimeTypeInfo.TimeType.LOCAL_DATE_TIME), lambda: DataTypes.TIMESTAMP(3)),
+    # java.sql.Timestamp rather than LocalDateTime: the embedded interpreter of thread mode
+    # hands datetimes to the JVM only as the former, and worker processes can do either.
+    ColumnKind.TIMESTAMP_MS: (Types.SQL_TIMESTAMP, lambda: DataTypes.TIMESTAMP(3).bridged_to("java.sql.Timestamp")),
     ColumnKind.JSON_MAP: (Types.STRING, DataTypes.STRING),
     ColumnKind.BYTES: (lambda: Types.PRIMITIVE_ARRAY(Types.BYTE()), DataTypes.BYTES),
 }
@@ -122,6 +126,12 @@ def flink_configuration(config: PipelineConfig) -> Configuration:
         conf.set_string("pipeline.jars", jar if "://" in jar else Path(jar).resolve().as_uri())
     conf.set_string("python.fn-execution.bundle.time", str(config["flink.bundle_time_ms"]))
     conf.set_string("python.fn-execution.bundle.size", str(config["flink.bundle_size"]))
+    conf.set_string("python.execution-mode", config["flink.python_execution_mode"])
+    if config["flink.rest_port"]:
+        # A local minicluster's REST API (job status, metrics) on a known port. Its metric
+        # store refreshes at most this often when asked (Flink's default is 10 s).
+        conf.set_string("rest.bind-port", str(config["flink.rest_port"]))
+        conf.set_string("metrics.fetcher.update-interval", "1000")
     # A failed task restarts the job from its last completed checkpoint: Kinesis positions,
     # the assemblers' state and the FileSink's pending files come back together.
     conf.set_string("restart-strategy.type", "fixed-delay")
@@ -130,6 +140,10 @@ def flink_configuration(config: PipelineConfig) -> Configuration:
     if config["aws.endpoint_url"]:
         # Local runs: Python workers must use this interpreter (the venv), not `python` on PATH.
         conf.set_string("python.executable", sys.executable)
+        if config["flink.python_execution_mode"] == "thread":
+            # The interpreter embedded in the JVM starts from the base Python's paths,
+            # without the virtualenv's site-packages (PyFlink) or this project.
+            conf.set_string("python.pythonpath", os.pathsep.join([str(PROJECT_ROOT), *site.getsitepackages()]))
     return conf
 
 
@@ -143,6 +157,7 @@ def create_environment(config: PipelineConfig) -> StreamExecutionEnvironment:
     os.environ.setdefault("TZ", "UTC")
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(config))
     env.enable_checkpointing(config["flink.checkpoint_interval_ms"], CheckpointingMode.EXACTLY_ONCE)
+    env.set_buffer_timeout(config["flink.buffer_timeout_ms"])
     if is_instance_of(env._j_stream_execution_environment, LOCAL_ENVIRONMENT_CLASS):
         if not config["flink.jar"] and not DEFAULT_JAR.exists():
             raise ConfigError(f"no connector jar at {DEFAULT_JAR}: `make jar` builds it (or set flink.jar)")

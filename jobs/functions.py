@@ -105,13 +105,27 @@ def _claim(path: str) -> bool:
     return True
 
 
+def _in_worker_processes(config: PipelineConfig) -> bool:
+    return config["flink.python_execution_mode"] == "process"
+
+
 class _JobMetrics:
     """The catalogue's metrics on one operator's Flink metric group, in the group Managed
-    Flink exports to CloudWatch (``pipeline.metrics``)."""
+    Flink exports to CloudWatch (``pipeline.metrics``).
 
-    def __init__(self, runtime_context: RuntimeContext) -> None:
+    ``held``: PyFlink's worker processes run a function's timers outside the operator's
+    metric scope (``process_timer``, unlike ``process``, enters no scoped state), so
+    what a timer counted would be lost: the receipts of chunks sent while a contact had no
+    new record, its idle flushes, its end. With ``held``, counts wait in this object and
+    are applied when Flink reads the operator's gauges at the end of each bundle, which
+    happens inside the operator's scope; ``percentiles`` registers those gauges, so a
+    held group must have percentiles. In thread mode metrics go straight to the JVM.
+    """
+
+    def __init__(self, runtime_context: RuntimeContext, held: bool = False) -> None:
         self.group = runtime_context.get_metrics_group().add_group(METRIC_GROUP)
         self._updates: dict[tuple[str, str, str], Callable[[int], None]] = {}
+        self._held: dict[tuple[str, str, str], int] | None = {} if held else None
 
     def inc(self, spec: MetricSpec, amount: int = 1, *, label: tuple[str, str] | None = None) -> None:
         """Add to a counter or mark events on a meter; ``label`` (key, value) is the key/value
@@ -126,11 +140,25 @@ class _JobMetrics:
             group = self.group.add_group(*label) if label else self.group
             update = group.meter(spec.name).mark_event if spec.kind == "meter" else group.counter(spec.name).inc
             self._updates[key] = update
-        update(amount)
+        if self._held is None:
+            update(amount)
+        else:
+            self._held[key] = self._held.get(key, 0) + amount
+
+    def _apply_held(self) -> None:
+        if self._held:
+            for key, amount in self._held.items():
+                self._updates[key](amount)
+            self._held.clear()
 
     def percentiles(self, p50: MetricSpec, p99: MetricSpec) -> RecentPercentiles:
         recent = RecentPercentiles()
-        self.group.gauge(p50.name, lambda: recent.percentile(50))
+
+        def median() -> int:
+            self._apply_held()
+            return recent.percentile(50)
+
+        self.group.gauge(p50.name, median)
         self.group.gauge(p99.name, lambda: recent.percentile(99))
         return recent
 
@@ -183,6 +211,7 @@ class ContactAssemblerFunction(KeyedProcessFunction):
             "state_grace_ms": config["assembler.state_grace_ms"],
         }
         self.state_ttl_ms = config["assembler.state_ttl_ms"]
+        self.hold_metrics = _in_worker_processes(config)
         self.ready_file = config["job.ready_file"]
         self.fail_once_file = config["job.fail_once_file"]
         self.state = None
@@ -192,7 +221,7 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         self.ingest_lag = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.metrics = _JobMetrics(runtime_context)
+        self.metrics = _JobMetrics(runtime_context, held=self.hold_metrics)
         self.ingest_lag = self.metrics.percentiles(INGEST_LAG_P50, INGEST_LAG_P99)
         self.state = runtime_context.get_state(
             expiring(ValueStateDescriptor("contact-assembler", Types.PICKLED_BYTE_ARRAY()), self.state_ttl_ms)
@@ -218,6 +247,8 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         now = _now_ms()
         late_audio_reported = self.expired_state.value()
         if late_audio_reported is not None:
+            if isinstance(record, AudioFrame):
+                self.metrics.inc(FRAMES_IN)
             if isinstance(record, AudioFrame) and not late_audio_reported:
                 self.expired_state.update(True)
                 yield ERRORS, self._error(
@@ -337,7 +368,7 @@ class CrestaDeliveryFunction(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         from connectors.cresta.settings import CrestaSettings, create_delivery_service
 
-        self.metrics = _JobMetrics(runtime_context)
+        self.metrics = _JobMetrics(runtime_context, held=_in_worker_processes(self.config))
         self.latency = self.metrics.percentiles(DELIVERY_LATENCY_P50, DELIVERY_LATENCY_P99)
         ttl_ms = self.config["assembler.state_ttl_ms"]
         self.waiting = runtime_context.get_list_state(

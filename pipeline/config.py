@@ -167,6 +167,22 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: v >= 1, ">= 1",
     ),
     Setting("flink.bundle_size", 100, int, "max records per Python bundle", lambda v: v >= 1, ">= 1"),
+    Setting(
+        "flink.buffer_timeout_ms", 5, int,
+        "longest a record waits in a network buffer before it is sent on to the next task "
+        "(Flink's default is 100)",
+        lambda v: v >= 0, ">= 0",
+    ),
+    Setting(
+        "flink.python_execution_mode", "process", str,
+        "where the Python functions run: process (Python worker processes beside the JVM) or thread "
+        "(embedded in the JVM)", lambda v: v in ("process", "thread"), "process or thread",
+    ),
+    Setting(
+        "flink.rest_port", 0, int,
+        "local minicluster only: port of Flink's REST API (job status, metrics); 0: Flink's own choice",
+        lambda v: 0 <= v <= 65535, "0..65535",
+    ),
     Setting("flink.jar", "", str, "the shaded connector jar (a path or file:// URL)"),
     Setting(
         "flink.plugins_dir", "", str,

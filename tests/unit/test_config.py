@@ -165,6 +165,9 @@ def test_wrong_type_names_the_key(key, value):
         ("flink.checkpoint_interval_ms", "99"),
         ("flink.bundle_time_ms", "0"),
         ("flink.bundle_size", "0"),
+        ("flink.buffer_timeout_ms", "-1"),
+        ("flink.python_execution_mode", "loopback"),
+        ("flink.rest_port", "65536"),
     ],
 )
 def test_out_of_range_names_the_key_and_the_expectation(key, value):
@@ -176,7 +179,8 @@ def test_out_of_range_names_the_key_and_the_expectation(key, value):
 @pytest.mark.parametrize(
     ("key", "value"),
     [("assembler.chunk_ms", "20"), ("assembler.chunk_ms", "1000"), ("kinesis.initial_position", "LATEST"),
-     ("enrich.max_wait_ms", "0"), ("kinesis.poll_interval_ms", "10")],
+     ("enrich.max_wait_ms", "0"), ("kinesis.poll_interval_ms", "10"), ("flink.buffer_timeout_ms", "0"),
+     ("flink.python_execution_mode", "thread"), ("flink.rest_port", "0")],
 )
 def test_range_limits_are_allowed(key, value):
     assert str(load(overrides={key: value})[key]) == value
