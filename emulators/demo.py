@@ -2,8 +2,9 @@
 
 The demo starts the local stack (moto, KVS media emulator, Cresta emulator), the PyFlink
 job as its own process, and a KVS connector worker; plays N concurrent calls; waits until
-every contact's audio is in the audit trail; stops everything; checks the result against
-the audio the simulator wrote and prints a summary.
+every contact's audio is in the audit trail, showing live figures meanwhile (calls,
+chunks at Cresta, recent latency); stops everything; checks the result against the audio
+the simulator wrote and prints a summary.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -32,9 +33,9 @@ import pyarrow.fs as pafs
 from connectors.connect.handler import contact_event_handler, contact_flow_handler
 from connectors.kinesis.reader import read_all_records
 from emulators.connect.simulator import ConnectCallSimulator, SimulatedCall
-from emulators.cresta.server import parse_outage
 from connectors.audit_trail import read_audit
-from emulators.demo_report import CrestaOutage, DemoReport, build_report
+from emulators.cresta.server import CrestaEmulator, parse_outage
+from emulators.demo_report import CrestaOutage, DemoReport, LiveDelivery, build_report, progress_line
 from emulators.stack import REGION, LocalStack, StackSettings
 from pipeline.audio import write_wav_pcm16
 from pipeline.audit_analysis import complete_tracks
@@ -52,6 +53,13 @@ WORK_ITEM_WAIT_S = 30.0
 #: How long the injected job failure may wait beyond its time for every call's first
 #: committed audit rows.
 COMMITTED_ROWS_WAIT_S = 30.0
+#: How often the live figures are refreshed while the calls run, at most.
+LIVE_REFRESH_S = 1.0
+#: The share of the time refreshing them may take.
+LIVE_BUSY_SHARE = 0.05
+#: How often they are printed when the progress does not go to a terminal.
+PLAIN_LINE_EVERY_S = 5.0
+PROGRESS_THREAD = "demo-progress"
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ class DemoOptions:
     fail_job_after_s: float | None
     #: (start, duration) in seconds from the calls' start; None: no outage.
     cresta_outage: tuple[float, float] | None = None
+    #: No progress while it runs (the summary is still printed).
+    quiet: bool = False
 
 
 def parse_args(argv: list[str] | None) -> DemoOptions:
@@ -92,6 +102,9 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
     parser.add_argument("--parallelism", type=int, default=1, help="Flink job parallelism (default 1)")
     parser.add_argument("--fragment-ms", type=int, default=1000, help="KVS fragment length (default 1000, as Connect)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress while it runs, only the summary at the end"
+    )
     parser.add_argument(
         "--connector-workers", type=int, default=2,
         help="KVS connector worker processes sharing the work queue (default 2)",
@@ -156,6 +169,7 @@ def parse_args(argv: list[str] | None) -> DemoOptions:
         audit_uri=args.audit_uri,
         fail_job_after_s=args.fail_job_after_seconds,
         cresta_outage=args.cresta_outage,
+        quiet=args.quiet,
     )
 
 
@@ -323,11 +337,13 @@ def run_demo(options: DemoOptions) -> DemoReport:
     killed_at: float | None = None
     failed_at: float | None = None
     outage: CrestaOutage | None = None
+    output = ProgressOutput.for_options(options)
+    live: LiveProgress | None = None
     with LocalStack(settings) as stack:
         stack.apply_environment()
         env = stack.process_environment()
         trail = AuditTrail.at(audit_uri, stack)
-        progress(options, "starting the Flink job (local minicluster)…")
+        output.message("starting the Flink job (local minicluster)…")
         job = start_job(
             stack,
             env,
@@ -346,8 +362,7 @@ def run_demo(options: DemoOptions) -> DemoReport:
         try:
             job.wait_ready(JOB_START_TIMEOUT_S, lambda: send_warm_up_event(stack))
             workers = start_connector_workers(stack, options.connector_workers, env, out / "logs")
-            progress(
-                options,
+            output.message(
                 f"job running, {len(workers)} connector worker(s); "
                 f"playing {options.calls} call(s) of {options.call_seconds:g} s…",
             )
@@ -363,13 +378,17 @@ def run_demo(options: DemoOptions) -> DemoReport:
                     if options.fail_job_after_s is not None
                     else None
                 )
+                calls_started_at = time.time()
                 if options.cresta_outage is not None:
-                    outage = CrestaOutage.starting(time.time(), *options.cresta_outage)
+                    outage = CrestaOutage.starting(calls_started_at, *options.cresta_outage)
                     stack.cresta.faults.outage(*options.cresta_outage)
+                delivery = LiveDelivery(calls, options.chunk_ms, calls_started_at)
+                live = LiveProgress.start(output, delivery, stack.cresta)
                 play_calls(simulator, calls)
+                calls_ended_at = time.time()
             if options.kill_connector_after_s is not None:
                 killed_at = options.kill_connector_after_s
-                progress(options, f"connector worker 0 was killed at {killed_at:g} s; the others resumed its contacts")
+                output.message(f"connector worker 0 was killed at {killed_at:g} s; the others resumed its contacts")
             if failure is not None:
                 if failure.at_s is None:
                     raise RuntimeError(
@@ -377,12 +396,14 @@ def run_demo(options: DemoOptions) -> DemoReport:
                         f"{COMMITTED_ROWS_WAIT_S:g} s of --fail-job-after-seconds"
                     )
                 failed_at = failure.at_s
-                progress(options, f"a task of the job failed at {failed_at:g} s; Flink restarts from its last checkpoint")
-            progress(options, "calls ended; waiting for the audit trail to hold every contact…")
+                output.message(f"a task of the job failed at {failed_at:g} s; Flink restarts from its last checkpoint")
+            output.message("calls ended; waiting for the audit trail to hold every contact…")
             wait_for_audit(trail, calls, timeout_s=120 + options.call_seconds, job=job)
             if fail_file.exists():
                 raise RuntimeError("the injected job failure never happened: no record reached the job after it")
         finally:
+            if live is not None:
+                live.stop()
             for worker in workers:
                 worker.stop()
             job.stop()
@@ -403,12 +424,13 @@ def run_demo(options: DemoOptions) -> DemoReport:
         cresta_calls=received,
         chunk_ms=options.chunk_ms,
         frames_read=frames_read,
+        audit_uri=audit_uri,
+        connector_workers=options.connector_workers,
+        connector_killed_at_s=killed_at,
         job_failed_at_s=failed_at,
         cresta_outage=outage,
     )
-    report.summary["audit_uri"] = audit_uri
-    report.summary["connector_workers"] = options.connector_workers
-    report.summary["connector_killed_at_s"] = killed_at
+    report.calls_played = (calls_started_at, calls_ended_at)
     (out / "summary.json").write_text(json.dumps(report.summary, indent=2))
     return report
 
@@ -553,8 +575,104 @@ def write_source_wavs(root: Path, calls: list[SimulatedCall]) -> None:
             write_wav_pcm16(root / call.contact_id / f"{track.label}.wav", call.pcm[track])
 
 
-def progress(options: DemoOptions, message: str) -> None:
-    print(message, file=sys.stderr if options.as_json else sys.stdout, flush=True)
+class ProgressOutput:
+    """Where the demo says what it is doing: stdout, or stderr with ``--json`` (stdout then
+    carries only the summary); nowhere with ``--quiet``.
+
+    On a terminal the live figures rewrite one line in place; elsewhere (a CI log, a
+    pipe) they come as a plain line every ``PLAIN_LINE_EVERY_S``, so that a log holds a
+    readable trace rather than a line a second.
+    """
+
+    def __init__(
+        self, stream: TextIO | None, *, terminal: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._stream = stream
+        self._terminal = terminal
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: Characters of the live line now on the terminal (0: none).
+        self._live_width = 0
+        self._next_plain_line = 0.0
+
+    @classmethod
+    def for_options(cls, options: DemoOptions) -> "ProgressOutput":
+        if options.quiet:
+            return cls(None, terminal=False)
+        stream = sys.stderr if options.as_json else sys.stdout
+        return cls(stream, terminal=stream.isatty())
+
+    @property
+    def silent(self) -> bool:
+        return self._stream is None
+
+    def message(self, text: str) -> None:
+        with self._lock:
+            if self._stream is None:
+                return
+            if self._live_width:
+                # The live line gives way to the message and comes back at its next refresh.
+                self._stream.write("\r" + " " * self._live_width + "\r")
+                self._live_width = 0
+            print(text, file=self._stream, flush=True)
+
+    def live(self, line: str, *, last: bool = False) -> None:
+        """The live figures; ``last``: the final ones, which stay (a line of their own)."""
+        with self._lock:
+            if self._stream is None:
+                return
+            if self._terminal:
+                line = line[: shutil.get_terminal_size().columns - 1]
+                self._stream.write("\r" + line.ljust(self._live_width) + ("\n" if last else ""))
+                self._stream.flush()
+                self._live_width = 0 if last else len(line)
+            elif last or self._clock() >= self._next_plain_line:
+                print(line, file=self._stream, flush=True)
+                self._next_plain_line = self._clock() + PLAIN_LINE_EVERY_S
+
+
+class LiveProgress:
+    """Refreshes the live figures every ``LIVE_REFRESH_S`` in a thread of its own, from
+    the simulator's calls and a snapshot of what the Cresta emulator has received.
+
+    The snapshot copies every call's audio under the emulator's lock and holds the
+    process's GIL, which the emulators and the simulator share: with many long calls a
+    refresh takes tens of ms, so refreshes are spaced to keep them within
+    ``LIVE_BUSY_SHARE`` of the time.
+    """
+
+    def __init__(self, output: ProgressOutput, delivery: LiveDelivery, cresta: CrestaEmulator) -> None:
+        self._output = output
+        self._delivery = delivery
+        self._cresta = cresta
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, name=PROGRESS_THREAD, daemon=True)
+
+    @classmethod
+    def start(cls, output: ProgressOutput, delivery: LiveDelivery, cresta: CrestaEmulator) -> "LiveProgress":
+        progress = cls(output, delivery, cresta)
+        if not output.silent:
+            progress._thread.start()
+        return progress
+
+    def stop(self) -> None:
+        """Stops refreshing and shows the last figures."""
+        if self._thread.is_alive():
+            self._stopping.set()
+            self._thread.join()
+            self._output.live(self._line(), last=True)
+
+    def _refresh(self) -> None:
+        pause = LIVE_REFRESH_S
+        while not self._stopping.wait(pause):
+            began = time.monotonic()
+            line = self._line()
+            took = time.monotonic() - began
+            self._output.live(line)
+            pause = max(LIVE_REFRESH_S - took, took * (1 - LIVE_BUSY_SHARE) / LIVE_BUSY_SHARE)
+
+    def _line(self) -> str:
+        return progress_line(self._delivery.observe(self._cresta.calls(), time.time()))
 
 
 def main(argv: list[str] | None = None) -> int:

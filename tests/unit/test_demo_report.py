@@ -83,7 +83,8 @@ def test_the_report_counts_only_this_runs_contacts(tmp_path):
                          pcm={Track.CUSTOMER: b"", Track.AGENT: b""})
     earlier = pa.table({"contact_id": ["earlier-run"], "track": ["customer"], "seq": [0], "final": [True],
                         "sample_count": [0], "pcm_sha256": [""]})
-    report = build_report(calls=[call], audit=earlier, cresta_calls={}, chunk_ms=100, frames_read=0)
+    report = build_report(calls=[call], audit=earlier, cresta_calls={}, chunk_ms=100, frames_read=0,
+                          audit_uri="file:///audit", connector_workers=1)
     assert (report.summary["audit_rows"], report.summary["chunks"], report.summary["duplicated"]) == (0, 0, 0)
     assert report.summary["missing"] == 2  # this run's two tracks have no final chunk
 
