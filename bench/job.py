@@ -291,13 +291,14 @@ def start_bench_job(
             "cresta.media_token": cresta.media_token,
             "job.ready_file": str(ready_file),
             "flink.rest_port": str(pick_rest_port()),
+            "flink.working_dir": str(out / "flink-working-dir"),
             **overrides,
         },
     )
     config_path = out / "job-properties.json"
     config_path.write_text(json.dumps(config.to_property_groups(), indent=2))
     env = job_environment(cresta, worker_processes, out)
-    return JobProcess(config_path, env, out / "job.log", ready_file), config
+    return JobProcess(config_path, env, out / "job.log", ready_file, Path(config["flink.working_dir"])), config
 
 
 def wait_for_every_chunk(trail: AuditTrail, contact_ids: Sequence[str], timeout_s: float, job: JobProcess) -> None:

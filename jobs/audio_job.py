@@ -127,6 +127,8 @@ def flink_configuration(config: PipelineConfig) -> Configuration:
     conf.set_string("python.fn-execution.bundle.time", str(config["flink.bundle_time_ms"]))
     conf.set_string("python.fn-execution.bundle.size", str(config["flink.bundle_size"]))
     conf.set_string("python.execution-mode", config["flink.python_execution_mode"])
+    if config["flink.working_dir"]:
+        conf.set_string("process.working-dir", config["flink.working_dir"])
     if config["flink.rest_port"]:
         # A local minicluster's REST API (job status, metrics) on a known port. Its metric
         # store refreshes at most this often when asked (Flink's default is 10 s).

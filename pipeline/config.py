@@ -183,6 +183,11 @@ SETTINGS: tuple[Setting, ...] = (
         "local minicluster only: port of Flink's REST API (job status, metrics); 0: Flink's own choice",
         lambda v: 0 <= v <= 65535, "0..65535",
     ),
+    Setting(
+        "flink.working_dir", "", str,
+        "local minicluster only: where Flink keeps its working files (a blob store with the job's jars, "
+        "~130 MB a run, left behind when the job is stopped); empty: the system temp directory",
+    ),
     Setting("flink.jar", "", str, "the shaded connector jar (a path or file:// URL)"),
     Setting(
         "flink.plugins_dir", "", str,

@@ -65,6 +65,10 @@ class JobRun:
     events_stream: str
     frames_put: int
     replays_put: int
+    #: What the minicluster kept in the job's working folder while it ran, and whether
+    #: that folder outlived the job.
+    working_files: list[str]
+    working_dir_left: bool
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +155,12 @@ def job_run(tmp_path_factory) -> JobRun:
                     and sum(metrics.get("frames_in", [])) == frames_put
                     and delivery_meters(metrics) == {f"status.{r['delivery_status']}.deliveries" for r in rows}
                 )
+            working_files = sorted(path.name for path in job.working_dir.iterdir())
         finally:
             job.stop()
-    return JobRun(errors, rows, metrics, frames, events, frames_put, replays_put)
+    return JobRun(
+        errors, rows, metrics, frames, events, frames_put, replays_put, working_files, job.working_dir.exists()
+    )
 
 
 def delivery_meters(metrics: dict[str, list[float]]) -> set[str]:
@@ -183,6 +190,11 @@ def test_audio_after_a_contacts_state_is_cleared_is_reported_and_never_starts_it
     assert contact_rows(job_run, "late") == [("customer", 0, SAMPLES), ("customer", 1, 0)]
     (after_expiry,) = [e for e in job_run.errors if e["reason"] == "audio_after_expiry"]
     assert after_expiry["contact_id"] == "late" and "assembler.state_grace_ms" in after_expiry["message"]
+
+
+def test_the_minicluster_keeps_its_working_files_in_the_jobs_folder_and_they_go_with_it(job_run):
+    assert any(name.startswith("minicluster_") for name in job_run.working_files), job_run.working_files
+    assert not job_run.working_dir_left
 
 
 def test_the_jobs_metrics_reach_flink_with_what_happened(job_run):

@@ -36,6 +36,12 @@ def test_bundles_buffers_and_checkpoints_take_the_configured_values(tmp_path):
     assert env.get_checkpoint_config().get_checkpoint_interval() == 4000
 
 
+def test_the_minicluster_works_in_the_folder_given(tmp_path):
+    assert flink_configuration(local_config(tmp_path)).get_string("process.working-dir", "") == ""
+    conf = flink_configuration(local_config(tmp_path, **{"flink.working_dir": str(tmp_path / "flink")}))
+    assert conf.get_string("process.working-dir", "") == str(tmp_path / "flink")
+
+
 def test_the_rest_api_listens_only_where_asked(tmp_path):
     assert flink_configuration(local_config(tmp_path)).get_string("rest.bind-port", "") == ""
     conf = flink_configuration(local_config(tmp_path, **{"flink.rest_port": 18123}))

@@ -187,7 +187,10 @@ def test_streams_cut_every_few_messages_reconnect_with_new_call_ids_in_order(emu
     # Sends into a socket the emulator has cut, before its reset arrives, are lost
     # (Media Streams has no acknowledgement): chunks may be missing, never out of order.
     assert received == sorted(received) and received[:10] == [0] * 5 + [1] * 5
-    assert len(record.call_ids) == 4 and len(set(record.call_ids)) == 4
+    # The emulator counts a connection a moment after the client has it, so the loop
+    # may send once more and open a fifth: each stream has its own CallId all the same.
+    assert len(record.call_ids) == emulator.connections_opened >= 4
+    assert len(set(record.call_ids)) == len(record.call_ids)
     assert emulator.violations() == []
 
 
