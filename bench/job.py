@@ -94,7 +94,7 @@ from connectors.kinesis.reader import read_all_records
 from emulators.connect.simulator import FragmentWrite, SimulatedCall
 from emulators.connect.voices import synthesize_track
 from emulators.cresta import CrestaEmulator
-from emulators.demo import AuditTrail, JobProcess
+from emulators.demo import AuditTrail, JobProcess, wait_for_audit
 from emulators.demo_report import build_report, chunk_receipt, cresta_spans
 from emulators.stack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, StackSettings
 from jobs.flink_rest import FlinkRest, pick_rest_port
@@ -299,34 +299,6 @@ def start_bench_job(
     config_path.write_text(json.dumps(config.to_property_groups(), indent=2))
     env = job_environment(cresta, worker_processes, out)
     return JobProcess(config_path, env, out / "job.log", ready_file, Path(config["flink.working_dir"])), config
-
-
-def wait_for_every_chunk(trail: AuditTrail, contact_ids: Sequence[str], timeout_s: float, job: JobProcess) -> None:
-    """Until every chunk of every contact's tracks is committed to the audit trail.
-
-    A track's final chunk is not enough: its row (an empty chunk, SKIPPED at once) can
-    leave the job before the rows of the chunks just before it, which wait in keyed
-    state for Cresta's receipts; stopping the job then would leave those uncommitted.
-    """
-    wanted = {(contact_id, track.label) for contact_id in contact_ids for track in Track}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        table = trail.read()
-        seqs: dict[tuple[str, str], set[int]] = defaultdict(set)
-        finals: dict[tuple[str, str], int] = {}
-        for row in table.select(["contact_id", "track", "seq", "final"]).to_pylist() if table is not None else []:
-            key = (row["contact_id"], row["track"])
-            seqs[key].add(row["seq"])
-            if row["final"]:
-                finals[key] = row["seq"]
-        complete = {key for key, final in finals.items() if len(seqs[key]) == final + 1}
-        if wanted <= complete:
-            return
-        if not job.running():
-            raise RuntimeError("the Flink job stopped before the audit trail was complete")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"audit trail incomplete after {timeout_s:.0f} s: {len(wanted - complete)} tracks")
-        time.sleep(0.5)
 
 
 def python_mode(execution_mode: str, worker_processes: bool) -> str:
@@ -537,7 +509,7 @@ def run_once(
         trail = AuditTrail(audit_root.as_uri(), pafs.LocalFileSystem(), str(audit_root))
         # A job that fell behind still has to work through its backlog: allow it
         # ``--drain-timeout-seconds``.
-        wait_for_every_chunk(trail, [contact.call.contact_id for contact in contacts], drain_timeout_s, job)
+        wait_for_audit(trail, [contact.call for contact in contacts], drain_timeout_s, job)
         peak_rss = peak_rss_by_role(pids)
         restarts = rest.restarts()
         rest.close()
