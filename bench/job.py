@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 import pyarrow.fs as pafs
 
@@ -333,14 +333,19 @@ def process_group(session: int) -> dict[int, str]:
     return roles
 
 
-def cpu_by_role(pids: dict[int, str]) -> dict[str, float]:
+def sum_by_role(pids: dict[int, str], measure: Callable[[int], float]) -> dict[str, float]:
+    """``measure`` of each process, summed by role; a process gone in between counts 0."""
     totals: dict[str, float] = defaultdict(float)
     for pid, role in pids.items():
         try:
-            totals[role] += process_cpu_seconds(pid)
+            totals[role] += measure(pid)
         except OSError:
             pass
     return totals
+
+
+def cpu_by_role(pids: dict[int, str]) -> dict[str, float]:
+    return sum_by_role(pids, process_cpu_seconds)
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -367,13 +372,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def peak_rss_by_role(pids: dict[int, str]) -> dict[str, float]:
-    totals: dict[str, float] = defaultdict(float)
-    for pid, role in pids.items():
-        try:
-            totals[role] += peak_rss_mb(pid)
-        except OSError:
-            pass
-    return totals
+    return sum_by_role(pids, peak_rss_mb)
 
 
 # -- one run --------------------------------------------------------------------------------

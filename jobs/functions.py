@@ -247,9 +247,10 @@ class ContactAssemblerFunction(KeyedProcessFunction):
         now = _now_ms()
         late_audio_reported = self.expired_state.value()
         if late_audio_reported is not None:
-            if isinstance(record, AudioFrame):
-                self.metrics.inc(FRAMES_IN)
-            if isinstance(record, AudioFrame) and not late_audio_reported:
+            if not isinstance(record, AudioFrame):
+                return
+            self.metrics.inc(FRAMES_IN)
+            if not late_audio_reported:
                 self.expired_state.update(True)
                 yield ERRORS, self._error(
                     now, contact_id, "audio_after_expiry",
