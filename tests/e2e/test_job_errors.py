@@ -154,6 +154,7 @@ def job_run(tmp_path_factory) -> JobRun:
                     and sum(metrics.get("chunks_out", [])) == len(rows)
                     and sum(metrics.get("frames_in", [])) == frames_put
                     and delivery_meters(metrics) == {f"status.{r['delivery_status']}.deliveries" for r in rows}
+                    and error_counters(metrics) == {f"reason.{e['reason']}.errors" for e in errors}
                 )
             working_files = sorted(path.name for path in job.working_dir.iterdir())
         finally:
@@ -165,6 +166,10 @@ def job_run(tmp_path_factory) -> JobRun:
 
 def delivery_meters(metrics: dict[str, list[float]]) -> set[str]:
     return {name for name in metrics if name.startswith("status.")}
+
+
+def error_counters(metrics: dict[str, list[float]]) -> set[str]:
+    return {name for name in metrics if name.startswith("reason.")}
 
 
 def contact_rows(job_run: JobRun, contact_id: str) -> list[tuple[str, int, int]]:
