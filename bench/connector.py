@@ -4,7 +4,7 @@
 
 For each N the local stack's parts run in processes of their own, so that each one's CPU
 can be read from ``/proc``: moto four times (Kinesis, SQS, the KVS control plane,
-DynamoDB; served by waitress, see ``_serve_moto``), the KVS media emulator, and one
+DynamoDB; ``emulators.moto_server``), the KVS media emulator, and one
 connector worker (``ConnectorWorker`` with a
 ``KinesisRecordProducer``, wired as ``cresta-pipeline connector run`` wires them, with the
 checkpoint table). This process is the load generator: N contacts, each on a KVS stream of
@@ -54,10 +54,6 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from moto import backends as moto_backends
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from moto.sqs.models import Message, SQSBackend
-from waitress.server import create_server
 
 from connectors.kinesis.producer import KinesisRecordProducer
 from connectors.kinesis.reader import read_all_records
@@ -66,6 +62,7 @@ from connectors.kvs.media import KvsMediaSource
 from connectors.kvs.worker import ConnectorWorker, ReadSettings
 from emulators.connect.simulator import EMULATED_INSTANCE_ID as INSTANCE_ID
 from emulators.kvs import KvsMediaEmulator
+from emulators.moto_server import MotoServerProcess
 from emulators.stack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, StackSettings
 from pipeline.mkv import write_connect_fragment
 from pipeline.records import AudioFrame, ContactWork, decode_audio_records
@@ -86,8 +83,6 @@ MAX_IDLE_S: Final = 3.0
 WRITER_THREADS: Final = 8
 ENQUEUER_THREADS: Final = 4
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-#: Sizes the moto servers' connection limits (each contact thread may hold connections).
-MAX_CONTACTS: Final = 1000
 #: One moto process per service, named as in the CPU columns, so that they do not share
 #: a GIL or a request queue, as AWS's services share nothing: moto takes ~7 ms of CPU per
 #: conditional UpdateItem, and the checkpoints of contacts that started together, due
@@ -103,41 +98,6 @@ MOTO_SERVICES: Final = {
 
 
 # -- the stack's processes ------------------------------------------------------------------
-
-
-def _retention_check_reading_one_attribute(backend: SQSBackend, queue_name: str, message: Message) -> bool:
-    retention_s = int(backend.get_queue(queue_name).message_retention_period)
-    return message.sent_timestamp / 1000 + retention_s > time.time()
-
-
-def _serve_moto(conn: Connection) -> None:
-    # moto checks each message it returns against the queue's retention period by
-    # computing every queue attribute, message counts included: with 300 work items in
-    # flight a ReceiveMessage of 10 took 0.14 s, and 300 contacts starting together
-    # reached the worker over 6 s. The same check, reading the one attribute.
-    SQSBackend.is_message_valid_based_on_retention_period = _retention_check_reading_one_attribute
-    # moto lists its package directory (some 180 stat calls) on every request to tell
-    # whether the Host header names a service; the directory does not change.
-    moto_modules = tuple(moto_backends.list_of_moto_modules())
-    moto_backends.list_of_moto_modules = lambda: moto_modules
-    # moto's own server is Werkzeug's development server, which closes the connection
-    # after every response and starts a thread per request: each AWS call paid a TCP
-    # handshake and a thread, and 300 contact threads connecting at once overflowed its
-    # listen queue of 128, so some calls waited out SYN retransmits (1 s, 3 s). waitress
-    # serves the same WSGI application with keep-alive and a fixed pool of threads.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    server = create_server(
-        DomainDispatcherApplication(create_backend_app),
-        host="127.0.0.1",
-        port=0,
-        connection_limit=4 * MAX_CONTACTS,
-        backlog=4 * MAX_CONTACTS,
-        asyncore_use_poll=True,
-    )
-    threading.Thread(target=server.run, name="moto", daemon=True).start()
-    conn.send(f"http://127.0.0.1:{server.effective_port}")
-    conn.recv()
-    server.close()
 
 
 def _serve_kvs_media(conn: Connection) -> None:
@@ -516,9 +476,9 @@ def run_once(
     log_dir: Path,
     start_spread_s: float = 1.0,
 ) -> RunResult:
-    motos = {name: ChildProcess(_serve_moto) for name in MOTO_SERVICES}
+    motos = {name: MotoServerProcess().start() for name in MOTO_SERVICES}
     endpoints = {
-        service: motos[name].started_with for name, services in MOTO_SERVICES.items() for service in services
+        service: motos[name].endpoint_url for name, services in MOTO_SERVICES.items() for service in services
     }
     kvs = ChildProcess(_serve_kvs_media)
     worker: ChildProcess | None = None

@@ -32,7 +32,8 @@ call's audio was written; in % of one core. Stages:
   on a local minicluster (its "loopback" mode), runs the Python functions: assembler,
   Cresta delivery, audit rows;
 - JVM kids: the processes the JVM starts for Python workers (idle in loopback mode);
-- in the demo's process, by thread: moto (its server threads), KVS emu (the KVS media
+- moto: the local stack's AWS server process (``emulators.moto_server``);
+- in the demo's process, by thread: KVS emu (the KVS media
   emulator), Cresta emu (the Cresta emulator), Connect sim (the calls' threads: fragment
   writes and the Lambda handlers, boto3 included), demo (its main thread reading the
   audit trail, pyarrow's threads), progress (the live progress and this bench's sampler:
@@ -108,8 +109,6 @@ def thread_stage(thread: threading.Thread | None) -> str:
     # the server is that bound method's object, and its handler class says whose it is.
     owner = getattr(getattr(thread, "_target", None), "__self__", None)
     module = getattr(owner, "RequestHandlerClass", type(owner)).__module__
-    if module.startswith(("moto.", "werkzeug.")):
-        return MOTO
     if module.startswith("emulators.kvs"):
         return KVS_EMULATOR
     if module.startswith("emulators.cresta"):
@@ -124,6 +123,8 @@ def process_stage(process: psutil.Process) -> str:
         return CONNECTOR
     if "jobs.audio_job" in command:
         return JOB_PYTHON
+    if "emulators.moto_server" in command:
+        return MOTO
     if process.name() == "java":
         return JVM
     if any(parent.name() == "java" for parent in process.parents()):
@@ -141,8 +142,8 @@ class StageCpu:
 
     Child processes and live threads are read every interval (psutil). A Python thread
     that ends reports its own CPU time as it ends: ``Thread.run`` is wrapped while the
-    sampler runs, since moto's server starts a thread per request and most of them live
-    and die between two samples. Each process and thread is remembered with its last CPU
+    sampler runs, since a server that starts a thread per connection has threads that
+    live and die between two samples. Each process and thread is remembered with its last CPU
     time, so one that has ended keeps what it used. An id the system reuses shows less
     CPU than remembered: what the old one had used is kept aside.
     """

@@ -6,7 +6,7 @@ The job alone is measured: its input is written into the local KDS (moto) in the
 the KVS connector writes it, so neither KVS nor the connector is in the figures. Each run
 has these processes, so that each one's CPU can be read from ``/proc``:
 
-- moto's Kinesis (``bench.connector``'s moto process: Werkzeug's app on waitress);
+- moto's Kinesis (``emulators.moto_server``);
 - the Cresta emulator (token endpoint and strict Media Streams receivers);
 - the job, as the demo runs it (``python -m jobs.audio_job --config FILE``, its own
   process group): the client that submits it, the JVM with the local minicluster, and,
@@ -82,7 +82,6 @@ import pyarrow.fs as pafs
 from bench.connector import (
     CLOCK_TICKS,
     ChildProcess,
-    _serve_moto,
     client,
     machine_busy_seconds,
     percentile,
@@ -93,6 +92,7 @@ from connectors.kinesis.producer import KinesisRecordProducer
 from connectors.kinesis.reader import read_all_records
 from emulators.connect.simulator import FragmentWrite, SimulatedCall
 from emulators.connect.voices import synthesize_track
+from emulators.moto_server import MotoServerProcess
 from emulators.cresta import CrestaEmulator
 from emulators.demo import AuditTrail, JobProcess, wait_for_audit
 from emulators.demo_report import build_report, chunk_receipt, cresta_spans
@@ -445,15 +445,15 @@ def run_once(
     # The audit trail read back must be this run's alone.
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    moto = ChildProcess(_serve_moto)
+    moto = MotoServerProcess().start()
     cresta = ChildProcess(_serve_cresta)
     job: JobProcess | None = None
     cresta_calls: dict[str, Any] | None = None
     try:
-        kinesis = client("kinesis", moto.started_with)
+        kinesis = client("kinesis", moto.endpoint_url)
         kinesis.create_stream(StreamName=FRAMES_STREAM, ShardCount=FRAMES_SHARDS)
         kinesis.create_stream(StreamName=EVENTS_STREAM, ShardCount=1)
-        job, config = start_bench_job(moto.started_with, cresta.started_with, out, overrides, worker_processes)
+        job, config = start_bench_job(moto.endpoint_url, cresta.started_with, out, overrides, worker_processes)
         mode = python_mode(config["flink.python_execution_mode"], worker_processes)
         print(f"  job starting ({mode} mode), log {out / 'job.log'}", file=sys.stderr, flush=True)
         warm_up = ContactEvent(EventType.ATTRIBUTES_UPDATED, WARM_UP_CONTACT_ID, 0, attributes={"purpose": "bench"})

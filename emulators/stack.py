@@ -1,5 +1,8 @@
 """The local AWS + partner stack: moto's server, the KVS media emulator, the Cresta emulator.
 
+moto runs in a process of its own (``emulators.moto_server``); the emulators run in
+this one.
+
 Everything listens on loopback only. The same resource names are used as in production
 (DESIGN §2), so code under test cannot tell the stack from AWS except by endpoint. The
 connector's work queue has a dead-letter queue (RedrivePolicy), the connector's
@@ -17,13 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
-import httpx
 import pyarrow.fs as pafs
-from moto.server import ThreadedMotoServer
 
 from connectors.kvs.checkpoints import create_table as create_checkpoint_table
 from emulators.cresta.server import CrestaEmulator
 from emulators.kvs.server import KvsMediaEmulator
+from emulators.moto_server import MotoServerProcess
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class LocalStack:
 
     def __init__(self, settings: StackSettings | None = None) -> None:
         self.settings = settings or StackSettings()
-        self.moto: ThreadedMotoServer | None = None
+        self.moto: MotoServerProcess | None = None
         self.kvs: KvsMediaEmulator | None = None
         self.cresta: CrestaEmulator | None = None
         self.endpoint_url = ""
@@ -78,16 +80,17 @@ class LocalStack:
         self.stop()
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            # A half-started stack would leave its servers running.
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         s = self.settings
-        # moto's server logs every request at INFO; that is noise in a demo or test run.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.moto.start()
-        host, port = self.moto.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
-        # moto keeps its backends per process: a second stack in one process (tests)
-        # would otherwise see the first one's streams and queues.
-        httpx.post(f"{self.endpoint_url}/moto-api/reset").raise_for_status()
+        self.moto = MotoServerProcess().start()
+        self.endpoint_url = self.moto.endpoint_url
         kinesis = self.client("kinesis")
         kinesis.create_stream(StreamName=s.audio_frames_stream, ShardCount=s.audio_frames_shards)
         kinesis.create_stream(StreamName=s.contact_events_stream, ShardCount=1)
