@@ -51,7 +51,11 @@ from pipeline.records import AudioEnd, AudioFrame, ContactEvent, RecordError, Tr
 
 log = logging.getLogger(__name__)
 
-#: Tags on the unified keyed stream: (tag, contact_id, decoded record).
+#: Tags on the unified keyed stream: (AUDIO, contact_id, a KDS record's AudioFrames or
+#: its AudioEnd, as a list) or (EVENT, contact_id, ContactEvent). A record's frames stay
+#: one element: the keyed step then reads and writes the contact's state once for all of
+#: them, not once per frame (a 1 s Connect fragment is 32 frames; measured in
+#: BENCHMARKS.md, "What the job's cost is made of", P5).
 AUDIO = "audio"
 EVENT = "event"
 #: Side output of every function that finds bad input: one JSON line per finding.
@@ -63,7 +67,9 @@ def _now_ms() -> int:
 
 
 def _decode_audio(data: bytes) -> list[tuple[str, str, object]]:
-    return [(AUDIO, record.contact_id, record) for record in decode_audio_records(data)]
+    records = decode_audio_records(data)
+    # A frame batch holds one contact's frames (decode_audio_records checks it).
+    return [(AUDIO, records[0].contact_id, records)] if records else []
 
 
 def _decode_event(data: bytes) -> list[tuple[str, str, object]]:
@@ -243,36 +249,43 @@ class ContactAssemblerFunction(KeyedProcessFunction):
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         if self.fail_once_file and _claim(self.fail_once_file):
             raise InjectedFailure(f"task failure injected through {self.fail_once_file} (job.fail_once_file)")
-        tag, contact_id, record = value
+        tag, contact_id, payload = value
+        records = payload if tag == AUDIO else (payload,)
         now = _now_ms()
         late_audio_reported = self.expired_state.value()
         if late_audio_reported is not None:
-            if not isinstance(record, AudioFrame):
-                return
-            self.metrics.inc(FRAMES_IN)
-            if not late_audio_reported:
-                self.expired_state.update(True)
-                yield ERRORS, self._error(
-                    now, contact_id, "audio_after_expiry",
-                    f"audio arrived after the contact was closed and its state cleared; dropped "
-                    f"(it came more than assembler.state_grace_ms = {self.assembler_options['state_grace_ms']} "
-                    f"after the contact's end)",
-                )
+            yield from self._drop_after_expiry(contact_id, records, late_audio_reported, now)
             return
         assembler = self.state.value() or ContactAudioAssembler(contact_id, **self.assembler_options)
-        if tag == EVENT:
-            outputs = assembler.on_event(record, now)
-        elif isinstance(record, AudioEnd):
-            outputs = assembler.on_end(record, now)
-        elif isinstance(record, AudioFrame):
-            self.metrics.inc(FRAMES_IN)
-            before = astuple(assembler.stats)
-            outputs = assembler.on_frame(record, now)
-            for spec, was, is_now in zip(_STATS_METRICS, before, astuple(assembler.stats)):
-                self.metrics.inc(spec, is_now - was)
-        else:
-            outputs = []
+        stats_before = astuple(assembler.stats)
+        frames_in = 0
+        outputs = []
+        for record in records:
+            if isinstance(record, AudioFrame):
+                frames_in += 1
+                outputs += assembler.on_frame(record, now)
+            elif isinstance(record, AudioEnd):
+                outputs += assembler.on_end(record, now)
+            elif isinstance(record, ContactEvent):
+                outputs += assembler.on_event(record, now)
+        self.metrics.inc(FRAMES_IN, frames_in)
+        for spec, was, is_now in zip(_STATS_METRICS, stats_before, astuple(assembler.stats)):
+            self.metrics.inc(spec, is_now - was)
         yield from self._emit(assembler, outputs, ctx, now)
+
+    def _drop_after_expiry(self, contact_id: str, records, late_audio_reported: bool, now: int):
+        frames = sum(isinstance(record, AudioFrame) for record in records)
+        if not frames:
+            return
+        self.metrics.inc(FRAMES_IN, frames)
+        if not late_audio_reported:
+            self.expired_state.update(True)
+            yield ERRORS, self._error(
+                now, contact_id, "audio_after_expiry",
+                f"audio arrived after the contact was closed and its state cleared; dropped "
+                f"(it came more than assembler.state_grace_ms = {self.assembler_options['state_grace_ms']} "
+                f"after the contact's end)",
+            )
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         self.timer_state.clear()
@@ -325,8 +338,9 @@ class ContactAssemblerFunction(KeyedProcessFunction):
 
 #: How often a contact whose chunks wait for their receipts looks for them. It decides
 #: only when audit rows leave this function (the sink commits them on checkpoints,
-#: seconds apart); the audio goes to Cresta as soon as its chunk arrives.
-RECEIPT_POLL_MS = 50
+#: seconds apart); the audio goes to Cresta as soon as its chunk arrives. At 50 ms the
+#: timers of contacts with chunks waiting took ~15% of the keyed step (BENCHMARKS.md, P4).
+RECEIPT_POLL_MS = 200
 
 
 def _chunk_key(chunk: AudioChunk) -> tuple[Track, int]:
