@@ -137,6 +137,11 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: v >= 0, ">= 0",
     ),
     Setting(
+        "cresta.compression", "deflate", str,
+        "WebSocket compression offered to Cresta: deflate (permessage-deflate) | none",
+        lambda v: v in ("deflate", "none"), "deflate or none",
+    ),
+    Setting(
         "cresta.attribute_allowlist", "", str,
         "comma-separated contact attributes sent to Cresta (others stay in the account)",
     ),

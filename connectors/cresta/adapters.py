@@ -166,6 +166,8 @@ class WebSocketOptions:
     #: Bytes the socket may hold unsent before a send waits: the bound on what a slow
     #: reader leaves in memory per contact, on top of the policy's buffer.
     write_limit: int = 64 * 1024
+    #: "deflate" offers permessage-deflate (websockets' default); None offers nothing.
+    compression: str | None = "deflate"
 
 
 class WebSocketStreamAdapter:
@@ -273,6 +275,7 @@ class WebSocketStreamAdapter:
                 ping_interval=self.options.ping_interval_s,
                 ping_timeout=self.options.ping_timeout_s,
                 write_limit=self.options.write_limit,
+                compression=self.options.compression,
                 logger=_websocket_logger,
             )
         except InvalidStatus as exc:

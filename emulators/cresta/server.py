@@ -84,6 +84,8 @@ class CallRecord:
     stopped: bool
     stream_sids: list[str] = field(default_factory=list)
     call_ids: list[str] = field(default_factory=list)
+    #: Per stream, the WebSocket extensions its connection negotiated (permessage-deflate).
+    stream_extensions: list[tuple[str, ...]] = field(default_factory=list)
     #: ``audio/x-mulaw`` (tracks hold μ-law) or ``audio/L16`` (tracks hold PCM16LE).
     encoding: str = MEDIA_ENCODING
 
@@ -97,6 +99,7 @@ class _StreamState:
     stream_sid: str
     call_id: str | None
     custom_parameters: dict[str, str]
+    extensions: tuple[str, ...]
     tracks: dict[str, bytearray] = _per_track(bytearray)
     media_receive_times: dict[str, list[float]] = _per_track(list)
     stopped: bool = False
@@ -125,6 +128,7 @@ class _CallState:
             stopped=streams[-1].stopped,
             stream_sids=[s.stream_sid for s in streams],
             call_ids=[s.call_id for s in streams if s.call_id is not None],
+            stream_extensions=[s.extensions for s in streams],
             encoding=self.encoding,
         )
 
@@ -524,6 +528,7 @@ class CrestaEmulator:
             receiver = MediaStreamsReceiver(expected_token=self._media_token)
             encoding = MEDIA_ENCODING
         self._open_connections.add(connection)
+        extensions = tuple(extension.name for extension in connection.protocol.extensions)
         recorded_violations = 0
         messages = 0
         call: _CallState | None = None
@@ -546,7 +551,7 @@ class CrestaEmulator:
                 with self._lock:
                     for event in events:
                         if isinstance(event, Start) and stream is None:
-                            call, stream = self._stream_for(event, encoding, connection_number)
+                            call, stream = self._stream_for(event, encoding, connection_number, extensions)
                         elif isinstance(event, Media) and stream is not None:
                             stream.tracks[event.track] += event.payload
                             stream.media_receive_times[event.track].append(received_at)
@@ -574,7 +579,9 @@ class CrestaEmulator:
                 self._connections_closed += 1
                 self._closed.notify_all()
 
-    def _stream_for(self, start: Start, encoding: str, connection_number: int) -> tuple[_CallState, _StreamState]:
+    def _stream_for(
+        self, start: Start, encoding: str, connection_number: int, extensions: tuple[str, ...]
+    ) -> tuple[_CallState, _StreamState]:
         """The call a ``start`` belongs to, and the new stream in it. The caller holds the lock."""
         call = self._calls.get(start.call_sid)
         if call is None:
@@ -591,7 +598,7 @@ class CrestaEmulator:
         else:
             self._call_ids_seen.add(call_id)
         stream = call.streams[connection_number] = _StreamState(
-            start.stream_sid, call_id, dict(start.custom_parameters)
+            start.stream_sid, call_id, dict(start.custom_parameters), extensions
         )
         return call, stream
 

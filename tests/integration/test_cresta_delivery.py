@@ -379,7 +379,10 @@ def test_a_rotated_secret_is_picked_up_without_a_restart_and_never_logged(
         assert credential not in caplog.text
 
 
-def test_the_service_built_from_the_job_s_config_delivers_and_closes(emulator, monkeypatch):
+@pytest.mark.parametrize(
+    ("compression", "negotiated"), [(None, ("permessage-deflate",)), ("deflate", ("permessage-deflate",)), ("none", ())]
+)
+def test_the_service_built_from_the_job_s_config_delivers_and_closes(emulator, monkeypatch, compression, negotiated):
     monkeypatch.setenv("CRESTA_CLIENT_ID", CLIENT_ID)
     monkeypatch.setenv("CRESTA_CLIENT_SECRET", CLIENT_SECRET)
     config = load_config(
@@ -389,6 +392,7 @@ def test_the_service_built_from_the_job_s_config_delivers_and_closes(emulator, m
             "cresta.auth_url": emulator.auth_url,
             "cresta.media_token": MEDIA_TOKEN,
             "cresta.attribute_allowlist": "queue",
+            **({"cresta.compression": compression} if compression else {}),
         },
     )
     service = create_delivery_service(CrestaSettings.from_config(config))
@@ -405,4 +409,5 @@ def test_the_service_built_from_the_job_s_config_delivers_and_closes(emulator, m
     record = emulator.calls()["job-contact"]
     assert record.stopped and record.custom_parameters["queue"] == "billing"
     assert collapse(seqs_received(record.tracks["inbound"])) == [0, 1, 2]
+    assert record.stream_extensions == [negotiated]
     assert emulator.violations() == []

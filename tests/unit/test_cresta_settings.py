@@ -8,7 +8,7 @@ import connectors.cresta.settings
 from connectors.cresta.adapters import WebSocketStreamAdapter
 from connectors.cresta.credentials import EnvironmentCredentials, SecretsManagerCredentials, StaticCredentials
 from connectors.cresta.settings import CrestaSettings, create_delivery_service
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.delivery_policy import PolicySettings
 from pipeline.l16_stream import L16Sender
 from pipeline.media_streams import MediaStreamsSender
@@ -80,3 +80,14 @@ def test_a_service_is_built_with_the_settings_policy_and_allowlist():
 
 def test_docstring_examples_run():
     assert doctest.testmod(connectors.cresta.settings).failed == 0
+
+
+def test_websocket_compression_is_offered_unless_turned_off():
+    assert CrestaSettings.from_config(load_config(env={}, overrides=CORE)).websocket.compression == "deflate"
+    off = CrestaSettings.from_config(load_config(env={}, overrides={**CORE, "cresta.compression": "none"}))
+    assert off.websocket.compression is None
+
+
+def test_an_unknown_compression_names_the_key():
+    with pytest.raises(ConfigError, match="cresta.compression"):
+        load_config(env={}, overrides={**CORE, "cresta.compression": "gzip"})
