@@ -13,6 +13,7 @@ import logging
 import os
 import site
 import sys
+import tempfile
 from pathlib import Path
 
 from pyflink.common import Configuration, Encoder, Types
@@ -166,8 +167,24 @@ def create_environment(config: PipelineConfig) -> StreamExecutionEnvironment:
         # Only a local minicluster takes the job's parallelism: on a cluster (Managed Flink)
         # the application's parallelism and autoscaling decide, and setting it would pin it.
         env.set_parallelism(config["flink.parallelism"])
+        # A minicluster keeps checkpoints in the JobManager's memory unless told otherwise,
+        # and fails every checkpoint of a task whose state passes 5 MB: ~150 calls with
+        # chunks waiting for Cresta did, and the job stopped. (Managed Flink brings its own
+        # checkpoint storage.)
+        storage = Configuration()
+        storage.set_string("execution.checkpointing.storage", "filesystem")
+        storage.set_string("execution.checkpointing.dir", local_checkpoint_dir(config).as_uri())
+        env.configure(storage)
         initialize_local_s3(config)
     return env
+
+
+def local_checkpoint_dir(config: PipelineConfig) -> Path:
+    if config["flink.checkpoint_dir"]:
+        return Path(config["flink.checkpoint_dir"]).resolve()
+    if config["flink.working_dir"]:
+        return Path(config["flink.working_dir"]).resolve() / "checkpoints"
+    return Path(tempfile.mkdtemp(prefix="cresta-pipeline-checkpoints-"))
 
 
 def initialize_local_s3(config: PipelineConfig) -> None:

@@ -193,6 +193,11 @@ SETTINGS: tuple[Setting, ...] = (
         "local minicluster only: where Flink keeps its working files (a blob store with the job's jars, "
         "~130 MB a run, left behind when the job is stopped); empty: the system temp directory",
     ),
+    Setting(
+        "flink.checkpoint_dir", "", str,
+        "local minicluster only: where checkpoints are written (a folder); empty: checkpoints/ in "
+        "flink.working_dir, or a new folder in the system temp directory",
+    ),
     Setting("flink.jar", "", str, "the shaded connector jar (a path or file:// URL)"),
     Setting(
         "flink.plugins_dir", "", str,

@@ -23,7 +23,14 @@ CONTEXT_ENVIRONMENT = "org.apache.flink.client.program.StreamContextEnvironment"
 
 
 def job_config(tmp_path, parallelism: int):
-    return load_config(env={}, overrides={"audit.path": tmp_path.as_uri(), "flink.parallelism": parallelism})
+    return load_config(
+        env={},
+        overrides={
+            "audit.path": tmp_path.as_uri(),
+            "flink.parallelism": parallelism,
+            "flink.checkpoint_dir": str(tmp_path / "checkpoints"),
+        },
+    )
 
 
 def test_a_local_run_takes_the_configured_parallelism(tmp_path):

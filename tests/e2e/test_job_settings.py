@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -14,7 +16,12 @@ pytestmark = pytest.mark.e2e
 def local_config(tmp_path, **overrides):
     return load_config(
         env={},
-        overrides={"aws.endpoint_url": "http://127.0.0.1:1", "audit.path": tmp_path.as_uri(), **overrides},
+        overrides={
+            "aws.endpoint_url": "http://127.0.0.1:1",
+            "audit.path": tmp_path.as_uri(),
+            "flink.checkpoint_dir": str(tmp_path / "checkpoints"),
+            **overrides,
+        },
     )
 
 
@@ -40,6 +47,29 @@ def test_the_minicluster_works_in_the_folder_given(tmp_path):
     assert flink_configuration(local_config(tmp_path)).get_string("process.working-dir", "") == ""
     conf = flink_configuration(local_config(tmp_path, **{"flink.working_dir": str(tmp_path / "flink")}))
     assert conf.get_string("process.working-dir", "") == str(tmp_path / "flink")
+
+
+def checkpoint_storage(env) -> tuple[str, str]:
+    configuration = env._j_stream_execution_environment.getConfiguration()
+    return (
+        configuration.getString("execution.checkpointing.storage", ""),
+        configuration.getString("execution.checkpointing.dir", ""),
+    )
+
+
+def test_local_checkpoints_go_to_a_folder_not_the_job_manager_s_memory(tmp_path, monkeypatch):
+    # Memory-backed checkpoints fail once a task's state passes 5 MB.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    storage, directory = checkpoint_storage(create_environment(local_config(tmp_path, **{"flink.checkpoint_dir": ""})))
+    assert storage == "filesystem" and Path(urlsplit(directory).path).parent == tmp_path
+    working_dir = tmp_path / "flink"
+    in_working_dir = create_environment(
+        local_config(tmp_path, **{"flink.working_dir": str(working_dir), "flink.checkpoint_dir": ""})
+    )
+    assert checkpoint_storage(in_working_dir) == ("filesystem", (working_dir / "checkpoints").as_uri())
+    chosen = tmp_path / "chk"
+    in_chosen = create_environment(local_config(tmp_path, **{"flink.checkpoint_dir": str(chosen)}))
+    assert checkpoint_storage(in_chosen) == ("filesystem", chosen.as_uri())
 
 
 def test_the_rest_api_listens_only_where_asked(tmp_path):

@@ -16,7 +16,12 @@ def test_execution_plan_wires_sources_one_keyed_assemble_and_deliver_step_and_th
 
     config = load_config(
         env={},
-        overrides={"aws.endpoint_url": "http://127.0.0.1:1", "audit.path": tmp_path.as_uri(), "flink.parallelism": 2},
+        overrides={
+            "aws.endpoint_url": "http://127.0.0.1:1",
+            "audit.path": tmp_path.as_uri(),
+            "flink.parallelism": 2,
+            "flink.checkpoint_dir": str(tmp_path / "checkpoints"),
+        },
     )
     env = create_environment(config)
     build_job(env, config)
