@@ -710,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             warnings = (Path(log_dir) / f"worker-{count}.log").read_text().splitlines()
             if warnings:
-                print(f"worker log ({len(warnings)} lines), first: {warnings[0]}", file=sys.stderr)
+                print(f"worker log ({len(warnings)} lines), the first {min(len(warnings), 10)}:", file=sys.stderr)
+                for line in warnings[:10]:
+                    print(f"  {line}", file=sys.stderr)
     print(
         f"{args.seconds} s per contact, 1 s fragments of 2 × 8 kHz PCM16 (32 frames); "
         f"producer options: {producer_options or 'defaults'}; {os.cpu_count()} cores"

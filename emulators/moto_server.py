@@ -1,6 +1,6 @@
 """moto's AWS server in a process of its own, served by waitress.
 
-    python -m emulators.moto_server [--port 0] [--threads 4]
+    python -m emulators.moto_server [--port 0] [--threads 32]
 
 prints its endpoint (``http://127.0.0.1:PORT``) as its first line of output and serves
 until its standard input closes (so it never outlives the process that started it) or
@@ -32,6 +32,10 @@ from typing import Final, IO
 #: connection, and the connector bench runs up to this many contacts.
 MAX_CLIENTS: Final = 1000
 START_TIMEOUT_S: Final = 60.0
+#: waitress's own default is 4, but an SQS long poll holds its thread for the whole
+#: wait: the connector workers' receivers (4 each) would hold every thread and the other
+#: AWS calls would queue behind them for up to a second.
+DEFAULT_THREADS: Final = 32
 
 
 def _retention_check_reading_one_attribute(backend: object, queue_name: str, message: object) -> bool:
@@ -82,7 +86,7 @@ def _exit_when_parent_goes() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m emulators.moto_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1; 0 picks a free one (default)")
-    parser.add_argument("--threads", type=int, default=4, help="request threads (default 4, waitress's own)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"request threads (default {DEFAULT_THREADS})")
     args = parser.parse_args(argv)
     threading.Thread(target=_exit_when_parent_goes, name="parent-watch", daemon=True).start()
     serve(args.port, args.threads, sys.stdout)
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 class MotoServerProcess:
     """``python -m emulators.moto_server`` as a child process; ``endpoint_url`` once started."""
 
-    def __init__(self, threads: int = 4) -> None:
+    def __init__(self, threads: int = DEFAULT_THREADS) -> None:
         self._threads = threads
         self._process: subprocess.Popen[str] | None = None
         self.endpoint_url = ""

@@ -243,6 +243,11 @@ SETTINGS: tuple[Setting, ...] = (
         "connector.max_concurrent_contacts", 200, int, "contacts one worker reads at once",
         lambda v: v >= 1, ">= 1",
     ),
+    Setting(
+        "connector.receivers", 4, int,
+        "threads long-polling the work queue at once (contacts that start together are picked up faster)",
+        lambda v: 1 <= v <= 50, "1..50",
+    ),
 )
 
 SETTING_BY_KEY = {setting.key: setting for setting in SETTINGS}

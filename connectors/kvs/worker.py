@@ -129,6 +129,10 @@ DEFAULT_MAX_IDLE_S = 10.0
 #: One DynamoDB write per contact per 5 s while audio flows; a crash replays at most
 #: about that much audio (deduplicated downstream).
 DEFAULT_CHECKPOINT_INTERVAL_S = 5.0
+#: How often the worker reaps finished reads and extends the visibility of the others.
+HOUSEKEEPING_INTERVAL_S = 0.25
+#: How much longer than a long poll a stopping worker waits for its receivers.
+RECEIVE_TIMEOUT_MARGIN_S = 5.0
 
 #: Reasons of contacts that ended without a usable stream (in END records and logs).
 REASON_GET_MEDIA_FAILED = "get_media_failed"
@@ -851,6 +855,8 @@ class _ContactRead:
 @dataclass
 class _InFlight:
     work: ContactWork
+    message_id: str
+    #: The newest receipt of the message: only that one deletes it or changes its visibility.
     receipt_handle: str
     visible_until: float
     thread: threading.Thread | None = None
@@ -879,6 +885,11 @@ class ConnectorWorker:
         redelivered is read again from its start (duplicates are dropped downstream).
     read_settings:
         Idle limit, checkpoint interval and retry policy of the reads.
+    receivers:
+        Threads long-polling the queue at once. Contacts that start together wait on the
+        queue's pick-up: one receiver, its interpreter turns shared with hundreds of
+        reading threads, took 60–100 contacts a second off the queue (BENCHMARKS.md, KVS
+        connector).
     """
 
     def __init__(
@@ -895,7 +906,10 @@ class ConnectorWorker:
         shutdown_timeout_s: float = 10.0,
         checkpoint_store: CheckpointStore | None = None,
         read_settings: ReadSettings | None = None,
+        receivers: int = 4,
     ) -> None:
+        if receivers < 1:
+            raise ValueError(f"receivers must be at least 1, not {receivers}")
         self._sqs = sqs_client
         self.queue_url = queue_url
         self._media_source = media_source
@@ -908,7 +922,10 @@ class ConnectorWorker:
         self._checkpoints = checkpoint_store
         self._checkpoint_writer = CheckpointWriter() if checkpoint_store is not None else None
         self.read_settings = read_settings or ReadSettings()
+        self.receivers = receivers
         self._lock = threading.Lock()
+        #: Places taken by receive calls in flight: messages they may still return.
+        self._reserved = 0
         self._message_lock = threading.Lock()
         self._in_flight: dict[str, _InFlight] = {}
         self.contacts_done = 0
@@ -919,31 +936,63 @@ class ConnectorWorker:
 
     def run(self, stop: threading.Event) -> None:
         log.info(
-            "connector worker started queue=%s checkpoints=%s max_idle_s=%g",
+            "connector worker started queue=%s checkpoints=%s max_idle_s=%g receivers=%d",
             self.queue_url, "on" if self._checkpoints is not None else "off", self.read_settings.max_idle_s,
+            self.receivers,
         )
+        receivers = [
+            threading.Thread(target=self._receive_until, args=(stop,), name=f"receiver-{i}", daemon=True)
+            for i in range(self.receivers)
+        ]
+        for receiver in receivers:
+            receiver.start()
         while not stop.is_set():
             self._reap()
             self._extend_visibility()
-            capacity = self.max_concurrent_contacts - self._in_flight_count()
-            if capacity <= 0:
-                stop.wait(0.1)
+            stop.wait(HOUSEKEEPING_INTERVAL_S)
+        for receiver in receivers:
+            # A receiver may be in a long poll; what it returns still gets a reader, which
+            # sees the stop and hands its contact back.
+            receiver.join(self.poll_wait_s + RECEIVE_TIMEOUT_MARGIN_S)
+        self._shut_down()
+
+    def _receive_until(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            places = self._reserve_places()
+            if not places:
+                stop.wait(HOUSEKEEPING_INTERVAL_S)
                 continue
             try:
                 messages = self._sqs.receive_message(
                     QueueUrl=self.queue_url,
-                    MaxNumberOfMessages=min(10, capacity),
+                    MaxNumberOfMessages=places,
                     WaitTimeSeconds=self.poll_wait_s,
                     VisibilityTimeout=self.visibility_timeout_s,
                     MessageSystemAttributeNames=["ApproximateReceiveCount"],
                 ).get("Messages", [])
             except (ClientError, BotoCoreError) as exc:
+                self._release_places(places)
                 log.warning("receiving from the work queue failed: %s", exc)
                 stop.wait(1.0)
                 continue
-            for message in messages:
-                self._start(message, stop)
-        self._shut_down()
+            try:
+                for message in messages:
+                    self._start(message, stop)
+            finally:
+                self._release_places(places)
+
+    def _reserve_places(self) -> int:
+        """Up to 10 (ReceiveMessage's limit) of the places left for contacts."""
+        with self._lock:
+            places = min(10, self.max_concurrent_contacts - len(self._in_flight) - self._reserved)
+            if places <= 0:
+                return 0
+            self._reserved += places
+            return places
+
+    def _release_places(self, places: int) -> None:
+        with self._lock:
+            self._reserved -= places
 
     # -- contacts ----------------------------------------------------------------------
 
@@ -955,17 +1004,44 @@ class ConnectorWorker:
             log.error("dropping malformed work item message_id=%s: %s", message.get("MessageId"), exc)
             self._delete(receipt, contact_id="-")
             return
+        if stop.is_set():
+            # Received by a long poll that outlived the stop: another worker reads it now.
+            self._hand_back(receipt, work.contact_id, 0)
+            return
+        entry = _InFlight(work, message["MessageId"], receipt, time.monotonic() + self.visibility_timeout_s)
+        if not self._take(entry):
+            return
         log.info(
             "contact received contact_id=%s receive_count=%s",
             work.contact_id, message.get("Attributes", {}).get("ApproximateReceiveCount", "?"),
         )
-        entry = _InFlight(work, receipt, time.monotonic() + self.visibility_timeout_s)
-        entry.thread = threading.Thread(
-            target=self._read, args=(entry, stop), name=f"contact-{work.contact_id}", daemon=True
-        )
+        thread = threading.Thread(target=self._read, args=(entry, stop), name=f"contact-{work.contact_id}", daemon=True)
+        thread.start()
+        # Only now may housekeeping see it: it reaps entries whose thread is not alive.
+        entry.thread = thread
+
+    def _take(self, entry: _InFlight) -> bool:
+        """Records a received message as being read here; False if it is already.
+
+        SQS standard queues deliver a message more than once at times (receivers polling
+        at once make it likelier), and a second reader would take the contact over from
+        its checkpoint and publish again what the first published since. The reader
+        already on it keeps going, with the new receipt."""
         with self._lock:
-            self._in_flight[receipt] = entry
-        entry.thread.start()
+            reading = self._in_flight.setdefault(entry.message_id, entry)
+        if reading is entry:
+            return True
+        with self._message_lock:
+            if not reading.settled:
+                reading.receipt_handle = entry.receipt_handle
+                reading.visible_until = entry.visible_until
+                log.info("work item received again while being read contact_id=%s", entry.work.contact_id)
+                return False
+        # That read is over: this delivery is read like any other (its checkpoint says
+        # whether anything is left).
+        with self._lock:
+            self._in_flight[entry.message_id] = entry
+        return True
 
     def _read(self, entry: _InFlight, stop: threading.Event) -> None:
         work = entry.work
@@ -1021,18 +1097,15 @@ class ConnectorWorker:
         with self._lock:
             finished = [e for e in self._in_flight.values() if e.thread is not None and not e.thread.is_alive()]
             for entry in finished:
-                del self._in_flight[entry.receipt_handle]
+                del self._in_flight[entry.message_id]
         for entry in finished:
             # A thread that died without settling (not an Exception) gives its contact back.
             self._settle(entry, None, self.retry_delay_s)
 
-    def _in_flight_count(self) -> int:
-        with self._lock:
-            return len(self._in_flight)
-
     def _extend_visibility(self) -> None:
         # Extend when a third of the timeout is left, or sooner if the next chance may
-        # come too late (a long poll blocks this thread), in batches of 10 (the API's limit).
+        # come too late (during shutdown a reader may be joined for a while), in batches
+        # of 10 (the API's limit).
         now = time.monotonic()
         margin_s = max(self.visibility_timeout_s / 3, self.poll_wait_s + 1)
         with self._lock:
@@ -1118,6 +1191,7 @@ _FLAGS = {
     "--checkpoint-interval-s": "connector.checkpoint_interval_s",
     "--visibility-timeout-s": "connector.visibility_timeout_s",
     "--max-concurrent-contacts": "connector.max_concurrent_contacts",
+    "--receivers": "connector.receivers",
 }
 
 
@@ -1183,6 +1257,7 @@ def main(argv: list[str] | None = None) -> int:
             visibility_timeout_s=config["connector.visibility_timeout_s"],
             checkpoint_store=checkpoint_store,
             read_settings=settings,
+            receivers=config["connector.receivers"],
         )
         worker.run(stop)
     finally:

@@ -182,6 +182,151 @@ def test_worker_reads_two_contacts_of_one_reused_stream(aws_endpoint, session, e
     assert worker.frames_published == sum(isinstance(r, AudioFrame) for r in records)
 
 
+class GatedMediaSource:
+    """Each contact's GetMedia body is one fragment of it, held until ``release`` is set;
+    counts the bodies open at once."""
+
+    def __init__(self, contact_of_stream: dict[str, str]) -> None:
+        self.contact_of_stream = contact_of_stream
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.open_now = 0
+        self.most_open = 0
+
+    def open(self, stream_arn: str, start_selector: dict[str, Any]) -> Iterator[bytes]:
+        return self._body(self.contact_of_stream[stream_arn])
+
+    def _body(self, contact_id: str) -> Iterator[bytes]:
+        with self.lock:
+            self.open_now += 1
+            self.most_open = max(self.most_open, self.open_now)
+        try:
+            self.release.wait(30)
+            yield kvs_fragment(0, contact_id)
+        finally:
+            with self.lock:
+                self.open_now -= 1
+
+
+class ContactKeyedProducer:
+    """The producer interface the worker drives, keeping what it was given."""
+
+    def __init__(self) -> None:
+        self.records: list[AudioFrame | AudioEnd] = []
+        self.lock = threading.Lock()
+
+    def put(self, data: bytes, partition_key: str) -> None:
+        with self.lock:
+            self.records.extend(decode_audio_records(data))
+
+    def flush(self, timeout_s: float | None = None, partition_key: str | None = None) -> None:
+        pass
+
+
+def test_several_receivers_never_take_more_contacts_than_the_worker_may_read(aws_endpoint, session):
+    sqs = session.client("sqs", endpoint_url=aws_endpoint)
+    queue_url = sqs.create_queue(QueueName="connector-receivers")["QueueUrl"]
+    contacts = {f"arn:aws:kinesisvideo:{REGION}:123456789012:stream/pool-{i}/1": f"contact-{i:02d}" for i in range(12)}
+    for stream_arn, contact_id in contacts.items():
+        work = ContactWork(contact_id, stream_arn, fragment_number(0), "i", T0)
+        sqs.send_message(QueueUrl=queue_url, MessageBody=work.encode())
+    media_source = GatedMediaSource(contacts)
+    producer = ContactKeyedProducer()
+    worker = ConnectorWorker(
+        sqs, queue_url, media_source, producer, max_concurrent_contacts=3, receivers=4, read_settings=FAST
+    )
+    stop = threading.Event()
+    running = threading.Thread(target=worker.run, args=(stop,))
+    running.start()
+    try:
+        deadline = time.monotonic() + 20
+        while media_source.open_now < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Four receivers long-poll while three contacts are read: none may take a fourth.
+        time.sleep(1.5)
+        assert media_source.open_now == 3
+        media_source.release.set()
+        while worker.contacts_done < len(contacts) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        running.join(10)
+    assert not running.is_alive()
+    assert media_source.most_open == 3
+    assert worker.contacts_done == len(contacts)
+    ends = [r for r in producer.records if isinstance(r, AudioEnd)]
+    assert sorted(end.contact_id for end in ends) == sorted(contacts.values())
+
+
+class ScriptedQueue:
+    """The SQS calls the worker makes, answering ReceiveMessage from a script (then with
+    nothing, after the long poll); records deletes and visibility changes."""
+
+    def __init__(self, *batches: list[dict[str, Any]]) -> None:
+        self.batches = list(batches)
+        self.lock = threading.Lock()
+        self.deleted: list[str] = []
+        self.visibility_changes: list[tuple[str, int]] = []
+
+    def receive_message(self, **request: Any) -> dict[str, Any]:
+        with self.lock:
+            batch = self.batches.pop(0) if self.batches else None
+        if batch is None:
+            time.sleep(request["WaitTimeSeconds"])
+            return {}
+        return {"Messages": batch}
+
+    def delete_message(self, QueueUrl: str, ReceiptHandle: str) -> dict:
+        self.deleted.append(ReceiptHandle)
+        return {}
+
+    def change_message_visibility(self, QueueUrl: str, ReceiptHandle: str, VisibilityTimeout: int) -> dict:
+        self.visibility_changes.append((ReceiptHandle, VisibilityTimeout))
+        return {}
+
+    def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict:
+        self.visibility_changes += [(e["ReceiptHandle"], e["VisibilityTimeout"]) for e in Entries]
+        return {}
+
+
+def test_a_message_delivered_again_while_read_is_read_once_and_deleted_with_its_newest_receipt():
+    stream_arn = f"arn:aws:kinesisvideo:{REGION}:123456789012:stream/pool-0/1"
+    body = ContactWork(CONTACT_A, stream_arn, fragment_number(0), "i", T0).encode()
+    queue = ScriptedQueue(
+        [{"MessageId": "m-1", "ReceiptHandle": "first", "Body": body}],
+        [{"MessageId": "m-1", "ReceiptHandle": "second", "Body": body}],
+    )
+    media_source = GatedMediaSource({stream_arn: CONTACT_A})
+    opened = []
+    open_body = media_source.open
+    media_source.open = lambda arn, selector: opened.append(arn) or open_body(arn, selector)
+    worker = ConnectorWorker(
+        queue, "queue", media_source, ContactKeyedProducer(), poll_wait_s=1, receivers=1, read_settings=FAST
+    )
+    stop = threading.Event()
+    running = threading.Thread(target=worker.run, args=(stop,))
+    running.start()
+    try:
+        deadline = time.monotonic() + 20
+        while queue.batches and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        media_source.release.set()
+        while worker.contacts_done < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        running.join(10)
+    assert opened == [stream_arn]
+    assert worker.contacts_done == 1
+    assert queue.deleted == ["second"]
+
+
+def test_a_worker_needs_a_receiver():
+    with pytest.raises(ValueError, match="receivers"):
+        ConnectorWorker(None, "queue", FakeMediaSource(), ContactKeyedProducer(), receivers=0)
+
+
 # -- read_contact against fakes ------------------------------------------------------------
 
 
