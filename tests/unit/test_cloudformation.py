@@ -538,6 +538,27 @@ def test_the_contact_event_rule_asks_for_the_handled_events_of_tagged_contacts_o
     assert pattern["detail"]["tags"] == {key: [value] for key, value in tag_action["Parameters"]["Tags"].items()}
 
 
+def test_events_the_rule_cannot_deliver_go_to_the_alarmed_dead_letter_queue_only_it_may_write(resources):
+    (target,) = resources["ContactEventRule"]["Properties"]["Targets"]
+    queue_arn = get_att("ContactEventFunctionDeadLetterQueue", "Arn")
+    assert target["DeadLetterConfig"] == {"Arn": queue_arn}
+    assert resources["ContactEventFunction"]["Properties"]["DeadLetterConfig"] == {"TargetArn": queue_arn}
+    policy = resources["ContactEventDeadLetterQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [ref("ContactEventFunctionDeadLetterQueue")]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": get_att("ContactEventRule", "Arn")}}
+    # The queue is encrypted with the pipeline's key: EventBridge needs to use it.
+    assert resources["ContactEventFunctionDeadLetterQueue"]["Properties"]["KmsMasterKeyId"] == ref("PipelineKey")
+    key_statements = resources["PipelineKey"]["Properties"]["KeyPolicy"]["Statement"]
+    assert any(
+        s["Principal"] == {"Service": "events.amazonaws.com"} and {"kms:Decrypt", "kms:GenerateDataKey"} <= set(s["Action"])
+        for s in key_statements
+    )
+    alarm = resources["ContactEventDeadLettersAlarm"]["Properties"]
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": get_att("ContactEventFunctionDeadLetterQueue", "QueueName")}]
+
+
 def test_the_contact_flow_function_answers_before_the_flow_stops_waiting(resources):
     flow = json.loads(FLOW.read_text())
     (invoke,) = [action for action in flow["Actions"] if action["Type"] == "InvokeLambdaFunction"]
