@@ -73,9 +73,7 @@ class CrestaSettings:
             protocol=config.get("cresta.protocol", DEFAULT_PROTOCOL),
             oauth_secret_arn=config.get("cresta.oauth_secret_arn", ""),
             policy=policy,
-            websocket=WebSocketOptions(
-                compression=None if config.get("cresta.compression", "deflate") == "none" else "deflate"
-            ),
+            websocket=WebSocketOptions(compression=None if config.get("cresta.compression") == "none" else "deflate"),
         )
 
     def credentials(self, secretsmanager_client: Any = None) -> CredentialsSource:

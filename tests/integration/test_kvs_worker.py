@@ -190,10 +190,12 @@ class GatedMediaSource:
         self.contact_of_stream = contact_of_stream
         self.release = threading.Event()
         self.lock = threading.Lock()
+        self.opened: list[str] = []
         self.open_now = 0
         self.most_open = 0
 
     def open(self, stream_arn: str, start_selector: dict[str, Any]) -> Iterator[bytes]:
+        self.opened.append(stream_arn)
         return self._body(self.contact_of_stream[stream_arn])
 
     def _body(self, contact_id: str) -> Iterator[bytes]:
@@ -208,21 +210,6 @@ class GatedMediaSource:
                 self.open_now -= 1
 
 
-class ContactKeyedProducer:
-    """The producer interface the worker drives, keeping what it was given."""
-
-    def __init__(self) -> None:
-        self.records: list[AudioFrame | AudioEnd] = []
-        self.lock = threading.Lock()
-
-    def put(self, data: bytes, partition_key: str) -> None:
-        with self.lock:
-            self.records.extend(decode_audio_records(data))
-
-    def flush(self, timeout_s: float | None = None, partition_key: str | None = None) -> None:
-        pass
-
-
 def test_several_receivers_never_take_more_contacts_than_the_worker_may_read(aws_endpoint, session):
     sqs = session.client("sqs", endpoint_url=aws_endpoint)
     queue_url = sqs.create_queue(QueueName="connector-receivers")["QueueUrl"]
@@ -231,7 +218,7 @@ def test_several_receivers_never_take_more_contacts_than_the_worker_may_read(aws
         work = ContactWork(contact_id, stream_arn, fragment_number(0), "i", T0)
         sqs.send_message(QueueUrl=queue_url, MessageBody=work.encode())
     media_source = GatedMediaSource(contacts)
-    producer = ContactKeyedProducer()
+    producer = RecordingProducer()
     worker = ConnectorWorker(
         sqs, queue_url, media_source, producer, max_concurrent_contacts=3, receivers=4, read_settings=FAST
     )
@@ -297,11 +284,8 @@ def test_a_message_delivered_again_while_read_is_read_once_and_deleted_with_its_
         [{"MessageId": "m-1", "ReceiptHandle": "second", "Body": body}],
     )
     media_source = GatedMediaSource({stream_arn: CONTACT_A})
-    opened = []
-    open_body = media_source.open
-    media_source.open = lambda arn, selector: opened.append(arn) or open_body(arn, selector)
     worker = ConnectorWorker(
-        queue, "queue", media_source, ContactKeyedProducer(), poll_wait_s=1, receivers=1, read_settings=FAST
+        queue, "queue", media_source, RecordingProducer(), poll_wait_s=1, receivers=1, read_settings=FAST
     )
     stop = threading.Event()
     running = threading.Thread(target=worker.run, args=(stop,))
@@ -317,14 +301,14 @@ def test_a_message_delivered_again_while_read_is_read_once_and_deleted_with_its_
     finally:
         stop.set()
         running.join(10)
-    assert opened == [stream_arn]
+    assert media_source.opened == [stream_arn]
     assert worker.contacts_done == 1
     assert queue.deleted == ["second"]
 
 
 def test_a_worker_needs_a_receiver():
     with pytest.raises(ValueError, match="receivers"):
-        ConnectorWorker(None, "queue", FakeMediaSource(), ContactKeyedProducer(), receivers=0)
+        ConnectorWorker(None, "queue", FakeMediaSource(), RecordingProducer(), receivers=0)
 
 
 # -- read_contact against fakes ------------------------------------------------------------
@@ -403,7 +387,7 @@ class RecordingProducer:
         assert {record.contact_id for record in records} == {partition_key}
         self.records.extend(records)
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float | None = None, partition_key: str | None = None) -> None:
         self.flushed = len(self.records)
 
 
